@@ -1,0 +1,171 @@
+"""``sweep verify``: check that the checkpoints under some paths are intact.
+
+For every ``*.pt`` file: if it has a sidecar (``<file>.json``), its size and
+sha256 must match what was recorded when it was saved; and it must load with
+``weights_only=True``. A sidecar whose checkpoint is gone is reported too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from launch.checkpoint import SIDECAR_SUFFIX, load_checkpoint, read_sidecar, sha256_file
+from launch.errors import CheckpointError
+
+OK, MISSING, MISMATCHED, UNLOADABLE, UNVERIFIED = "ok", "missing", "mismatched", "unloadable", "unverified"
+BAD_STATUSES = (MISSING, MISMATCHED, UNLOADABLE)
+
+
+@dataclass
+class VerifiedFile:
+    path: Path
+    status: str  # ok | missing | mismatched | unloadable | unverified
+    detail: str = ""
+    size: int | None = None
+
+
+@dataclass
+class VerifyReport:
+    files: list[VerifiedFile] = field(default_factory=list)
+
+    def with_status(self, status: str) -> list[VerifiedFile]:
+        return [f for f in self.files if f.status == status]
+
+    @property
+    def ok(self) -> list[VerifiedFile]:
+        return self.with_status(OK)
+
+    @property
+    def missing(self) -> list[VerifiedFile]:
+        return self.with_status(MISSING)
+
+    @property
+    def mismatched(self) -> list[VerifiedFile]:
+        return self.with_status(MISMATCHED)
+
+    @property
+    def unloadable(self) -> list[VerifiedFile]:
+        return self.with_status(UNLOADABLE)
+
+    @property
+    def unverified(self) -> list[VerifiedFile]:
+        """Loadable, but with no sidecar to check them against."""
+        return self.with_status(UNVERIFIED)
+
+    @property
+    def bad(self) -> list[VerifiedFile]:
+        return [f for f in self.files if f.status in BAD_STATUSES]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(self.with_status(s))} {s}" for s in (OK, MISMATCHED, MISSING, UNLOADABLE, UNVERIFIED))
+        verdict = "FAILED" if self.bad else "passed"
+        return f"verify {verdict}: {len(self.files)} checkpoint(s): {counts}"
+
+
+def verify_paths(paths: Iterable[str | Path]) -> VerifyReport:
+    """Check every checkpoint in ``paths`` (directories are walked for ``*.pt``
+    files and orphaned ``*.pt.json`` sidecars; files are taken as given)."""
+    # Keyed by resolved path so overlapping arguments check a file once;
+    # the value is the path as the user wrote it, for display.
+    checkpoints: dict[Path, Path] = {}
+    sidecars: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            for found in sorted(path.rglob("*.pt")):
+                if found.is_file():
+                    checkpoints.setdefault(found.resolve(), found)
+            for sidecar in sorted(path.rglob(f"*.pt{SIDECAR_SUFFIX}")):
+                sidecars.setdefault(sidecar.resolve(), sidecar)
+        elif path.name.endswith(f".pt{SIDECAR_SUFFIX}"):
+            sidecars.setdefault(path.resolve(), path)
+        else:
+            checkpoints.setdefault(path.resolve(), path)
+
+    report = VerifyReport()
+    for checkpoint in checkpoints.values():
+        report.files.append(verify_file(checkpoint))
+    for resolved, sidecar in sidecars.items():
+        checkpoint = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+        if resolved.with_name(checkpoint.name) in checkpoints:
+            continue
+        if checkpoint.exists():
+            report.files.append(verify_file(checkpoint))
+        else:
+            report.files.append(VerifiedFile(checkpoint, MISSING, f"sidecar {sidecar.name} exists, the file does not"))
+    return report
+
+
+def verify_file(path: Path) -> VerifiedFile:
+    """Size and hash against the sidecar (when there is one), then a safe load."""
+    if not path.is_file():
+        return VerifiedFile(path, MISSING, "no such file")
+    size = path.stat().st_size
+    try:
+        meta = read_sidecar(path)
+    except CheckpointError as e:
+        return VerifiedFile(path, MISMATCHED, str(e), size)
+    if meta is not None:
+        recorded_size, recorded_hash = meta.get("size"), meta.get("sha256")
+        if recorded_size is not None and recorded_size != size:
+            return VerifiedFile(path, MISMATCHED, f"size {size} bytes, sidecar says {recorded_size}", size)
+        if recorded_hash is not None:
+            actual = sha256_file(path)
+            if actual != recorded_hash:
+                return VerifiedFile(path, MISMATCHED,
+                                    f"sha256 {actual[:12]}…, sidecar says {str(recorded_hash)[:12]}…", size)
+    try:
+        # mmap: verifying must not need the RAM to hold the largest checkpoint.
+        load_checkpoint(path, mmap=True)
+    except CheckpointError as e:
+        return VerifiedFile(path, UNLOADABLE, str(e), size)
+    if meta is None:
+        return VerifiedFile(path, UNVERIFIED, "loads, but has no sidecar to check it against", size)
+    return VerifiedFile(path, OK, "", size)
+
+
+def format_report(report: VerifyReport) -> str:
+    rows = [(f.status, _human_size(f.size), _shown(f.path), f.detail) for f in report.files]
+    header = ("STATUS", "SIZE", "PATH", "DETAIL")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
+             for row in [header, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+@click.command("verify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="Print only the bad files and the summary.")
+def verify_command(paths: tuple[Path, ...], quiet: bool) -> None:
+    """Check checkpoints under PATHS (directories or files): size and sha256
+    against each file's sidecar, and a safe (weights-only) load. Exits 1 when
+    any checkpoint is missing, modified or unloadable."""
+    report = verify_paths(paths)
+    shown = VerifyReport(report.bad) if quiet else report
+    if shown.files:
+        click.echo(format_report(shown))
+    click.echo(report.summary())
+    if report.bad:
+        click.get_current_context().exit(1)
