@@ -1,0 +1,66 @@
+"""`sweep sort CKPT 17 3 99 42`: ask a trained model to sort a list."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import click
+
+from launch.errors import UserError
+
+
+def parse_numbers(raw: tuple[str, ...], vocab_n: int, max_k: int, no_dup: bool) -> list[int]:
+    """The list to sort, or a one-line UserError saying what is wrong with it.
+
+    Length limit: K <= max(train_max_k, test_max_k) of the run — the longest list
+    the model was trained or evaluated on, which also bounds its positional table
+    when it has one."""
+    numbers = []
+    for text in raw:
+        try:
+            numbers.append(int(text))
+        except ValueError:
+            raise UserError(f"sort: {text!r} is not an integer") from None
+    outside = [n for n in numbers if not 0 <= n < vocab_n]
+    if outside:
+        verb = "is" if len(outside) == 1 else "are"
+        raise UserError(f"sort: {', '.join(map(str, outside))} {verb} outside this model's vocabulary "
+                        f"0..{vocab_n - 1}")
+    if no_dup:
+        repeated = sorted(n for n, c in Counter(numbers).items() if c > 1)
+        if repeated:
+            raise UserError(f"sort: duplicate numbers ({', '.join(map(str, repeated))}); this model was trained "
+                            "on distinct numbers (nodup1)")
+    if len(numbers) > max_k:
+        raise UserError(f"sort: {len(numbers)} numbers is longer than this model takes (at most {max_k}, "
+                        "the longest list it was trained or tested on)")
+    return numbers
+
+
+@click.command("sort", context_settings={"ignore_unknown_options": True})
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("numbers", nargs=-1, required=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+def sort_command(checkpoint: str, numbers: tuple[str, ...], device: str) -> None:
+    """Sort NUMBERS with the model in CHECKPOINT (greedy, free-running) and say
+    whether it got them right. NUMBERS: distinct integers in 0..vocab_n-1, at most
+    max(train_max_k, test_max_k) of them."""
+    import torch
+
+    from sortgpt.train import greedy_sort, load_model
+
+    model, config = load_model(checkpoint, device)
+    vocab_n = model.config.vocab_size - 1
+    max_k = (model.config.max_seq_len - 1) // 2
+    xs = parse_numbers(numbers, vocab_n, max_k, bool(config.get("no_dup", True)))
+    k = len(xs)
+    prompt = torch.tensor([xs + [vocab_n]], dtype=torch.long, device=device)  # numbers, SEP
+    out = greedy_sort(model, prompt, k, torch.device(device))[0].tolist()
+    expected = sorted(xs)
+    shown = [str(t) if t < vocab_n else "SEP" for t in out]
+    right = sum(a == b for a, b in zip(out, expected, strict=True))
+    click.echo(f"input:    {' '.join(map(str, xs))}")
+    click.echo(f"model:    {' '.join(shown)}")
+    click.echo(f"expected: {' '.join(map(str, expected))}")
+    verdict = "correct" if out == expected else "WRONG"
+    click.echo(f"{verdict} ({right}/{k} positions right)")

@@ -1,0 +1,73 @@
+"""sortgpt as a sweep experiment: defaults, config checks, run, progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launch.experiment import RunContext
+
+LENGTH_MODES = ("mix", "curriculum")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SortGPTExperiment:
+    name = "sortgpt"
+
+    def defaults(self) -> dict[str, Any]:
+        # The reference protocol (issue 3); "fixed" K is mix with train_min_k == train_max_k.
+        return {
+            "vocab_n": 128, "n_embd": 128, "n_heads": 1, "n_layers": 2,
+            "use_mlp": True, "use_layernorm": True, "no_pos_emb": True,
+            "length_mode": "mix", "train_min_k": 2, "train_max_k": 8, "test_min_k": 17, "test_max_k": 32,
+            "no_dup": True,
+            "max_iters": 40000, "batch_size": 4096, "max_lr": 1e-4, "min_lr": 1e-6, "warmup_iters": 400,
+            "curriculum_warmup_iters": 0, "curriculum_span_iters": 20000,
+            "eval_every": 250, "eval_samples": 100, "checkpoint_iter": 20001,
+            "save_every": 1000, "keep_resume": 2,
+            "seed": 1337, "device": "auto",
+        }
+
+    def check(self, config: dict[str, Any]) -> list[str]:
+        c = config
+        problems: list[str] = []
+        for name in ("vocab_n", "n_embd", "n_heads", "n_layers", "max_iters", "batch_size",
+                     "eval_every", "eval_samples", "keep_resume", "curriculum_span_iters"):
+            if c[name] < 1:
+                problems.append(f"{name}: must be at least 1, got {c[name]}")
+        for name in ("warmup_iters", "curriculum_warmup_iters", "checkpoint_iter", "save_every"):
+            if c[name] < 0:
+                problems.append(f"{name}: must be >= 0, got {c[name]} (0 switches it off)"
+                                if name in ("checkpoint_iter", "save_every") else
+                                f"{name}: must be >= 0, got {c[name]}")
+        if c["n_heads"] >= 1 and c["n_embd"] % c["n_heads"]:
+            problems.append(f"n_embd: {c['n_embd']} is not divisible by n_heads={c['n_heads']}")
+        if c["length_mode"] not in LENGTH_MODES:
+            problems.append(f"length_mode: must be one of {', '.join(LENGTH_MODES)}, got {c['length_mode']!r}")
+        if c["device"] not in DEVICES:
+            problems.append(f"device: must be one of {', '.join(DEVICES)}, got {c['device']!r}")
+        for lo, hi in (("train_min_k", "train_max_k"), ("test_min_k", "test_max_k")):
+            if c[lo] < 1:
+                problems.append(f"{lo}: must be at least 1, got {c[lo]}")
+            if c[lo] > c[hi]:
+                problems.append(f"{lo}: {c[lo]} is larger than {hi}={c[hi]}")
+        longest = max(c["train_max_k"], c["test_max_k"])
+        if c["no_dup"] and longest > c["vocab_n"]:
+            which = "train_max_k" if c["train_max_k"] >= c["test_max_k"] else "test_max_k"
+            problems.append(f"{which}: {c[which]} distinct numbers cannot be drawn from vocab_n={c['vocab_n']} "
+                            "(no_dup is on)")
+        if not c["max_lr"] > 0:
+            problems.append(f"max_lr: must be > 0, got {c['max_lr']}")
+        if not 0 <= c["min_lr"] <= c["max_lr"]:
+            problems.append(f"min_lr: must be between 0 and max_lr={c['max_lr']}, got {c['min_lr']}")
+        return problems
+
+    def total_steps(self, config: dict[str, Any]) -> int:
+        return int(config["max_iters"])
+
+    def run(self, config: dict[str, Any], ctx: RunContext) -> None:
+        from sortgpt.train import train  # torch is imported only when a run starts
+
+        train(config, ctx)
+
+
+EXPERIMENT = SortGPTExperiment()
