@@ -291,9 +291,9 @@ def _read_head(path: Path) -> bytes:
 
 
 def _describe_foreign(head: bytes) -> str:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
+    # The head may end inside a multi-byte character: ignore that tail only.
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")
+    if not text or not all(ch.isprintable() or ch in "\t\r\n" for ch in text):
         return f" (unknown format, starts with bytes {head[:8].hex(' ')})"
     stripped = text.lstrip()
     kind = "JSON" if stripped[:1] in "{[" else "text"
