@@ -1,0 +1,281 @@
+"""The ``sweep`` command line.
+
+Bad input of any kind ends with one line, ``error: <what is wrong, where>``,
+and exit code 2; nothing is written. Commands contributed by experiment
+families (``sweep.commands`` entry points) are loaded only when called, so
+``sweep status`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launch.errors import UserError
+
+CLUSTERS = ["slurm", "local"]
+
+
+class SweepGroup(click.Group):
+    def _plugins(self) -> dict[str, Any]:
+        return {ep.name: ep for ep in entry_points(group="sweep.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except (ImportError, AttributeError) as e:  # a family not installed / not built yet
+            reason = str(e)
+
+            def unavailable(**_: Any) -> None:
+                raise UserError(f"sweep {name} is unavailable: {reason}")
+
+            return click.Command(name, help=f"(unavailable: {reason})", callback=unavailable)
+
+
+@click.group(cls=SweepGroup)
+def cli() -> None:
+    """Grid sweeps of small training runs on SLURM or this machine."""
+
+
+def _load(spec_path: str, root: str | None, only: str | None = None):
+    from launch.spec import load_spec
+    from launch.tasks import expand, parse_only, select
+
+    spec = load_spec(spec_path, root=root)
+    runs = expand(spec)
+    return spec, select(runs, parse_only(only, runs))
+
+
+root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
+                           help="Tree root (default: the spec's root, usually ./checkpoints).")
+only_option = click.option("--only", default=None, metavar="EXPR",
+                           help="Filter runs, e.g. 'n_layers=1,use_mlp=false' (also group=, task=, seed=).")
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC")
+@click.option("--cluster", type=click.Choice(CLUSTERS), required=True, help="Where to run.")
+@root_option
+@only_option
+@click.option("--dry-run", is_flag=True, help="Print runs, arrays and sbatch parameters; write nothing.")
+@click.option("--retry-failed", is_flag=True, help="Also resubmit failed (and cancelled) runs.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Local executor: runs at once (default: CPU count).")
+@click.option("--partition", default=None)
+@click.option("--time", "time_min", type=click.IntRange(min=1), default=None, help="Minutes per job.")
+@click.option("--gpus", type=click.IntRange(min=0), default=None)
+@click.option("--cpus", type=click.IntRange(min=1), default=None)
+@click.option("--mem", "mem_gb", type=click.FloatRange(min=0, min_open=True), default=None, help="GB per job.")
+@click.option("--account", default=None)
+@click.option("--qos", default=None)
+@click.option("--constraint", default=None)
+@click.option("--setup", multiple=True, help="A shell line run before the job (repeatable).")
+@click.option("--throttle", "array_parallelism", type=click.IntRange(min=1), default=None,
+              help="At most N array elements at once (%N).")
+def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool,
+           retry_failed: bool, concurrency: int | None, **resources: Any) -> None:
+    """Submit the runs of SPEC that are not done yet; returns at once."""
+    from launch.launcher import launch as do_launch
+
+    spec, runs = _load(spec_path, root, only)
+    if not runs:
+        raise UserError(f"--only {only!r} matches no run of {spec_path}")
+    res = {k: v for k, v in resources.items() if v not in (None, ())}
+    if "setup" in res:
+        res["setup"] = list(res["setup"])
+    if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
+        res["mem_gb"] = int(res["mem_gb"])
+    do_launch(spec, runs, cluster, retry_failed=retry_failed, dry_run=dry_run, resources=res,
+              concurrency=concurrency, echo=click.echo)
+
+
+@cli.command()
+@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
+@root_option
+@only_option
+@click.option("-v", "--verbose", is_flag=True, help="One row per run.")
+@click.option("--failed", is_flag=True, help="Rows for failed runs only, with the reason.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--no-scheduler", is_flag=True, help="Do not query SLURM; disk state only.")
+def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
+           as_json: bool, no_scheduler: bool) -> None:
+    """Counts of runs by state; -v for one row per run."""
+    from launch import status as stt
+    from launch.store import Store
+
+    loaded = [_load(p, root, only) for p in spec_paths]
+    all_rows, all_counts = [], {}
+    for spec, runs in loaded:
+        statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
+                                             details=verbose or failed)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+        c = stt.counts(statuses)
+        all_counts[spec.name] = c
+        rows = [s.row() for s in statuses if not failed or s.state == stt.FAILED]
+        all_rows += [{"spec": spec.name, **r} for r in rows] if (verbose or failed) else []
+        if not as_json:
+            click.echo(f"{spec.name}: {len(runs)} runs — " +
+                       ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n))
+            if verbose or failed:
+                _print_rows(rows)
+    if as_json:
+        click.echo(json.dumps({"counts": all_counts, "runs": all_rows}, indent=1, default=str))
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        prog = f"{r['step']}/{r['total']}" if r.get("step") is not None else "-"
+        age = _age(r.get("age_s"))
+        line = (f"  {r['group']:<24} task_{r['task']:04d} seed{r['seed']:<6} {r['state']:<13} "
+                f"job {r['job_id'] or '-':<12} step {prog:<13} {r['last_metric'] or '-':<32} {age}")
+        click.echo(line.rstrip())
+        if r.get("reason"):
+            click.echo(f"      reason: {r['reason']}")
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return ""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC")
+@root_option
+@only_option
+def cancel(spec_path: str, root: str | None, only: str | None) -> None:
+    """Cancel the pending and running runs of SPEC (all, or those --only selects)."""
+    from launch import status as stt
+    from launch import store as st
+    from launch.executors import cancel_local
+    from launch.store import Store
+
+    spec, runs = _load(spec_path, root, only)
+    store = Store(spec.root)
+    statuses, warning = stt.run_statuses(store, runs)
+    active = [s for s in statuses if s.state in stt.ACTIVE]
+    slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
+    local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
+    if slurm_ids:
+        p = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise UserError(f"scancel failed: {p.stderr.strip()}")
+    if local:
+        cancel_local(store, [s.run.rel_dir for s in local], whole_queue=only is None)
+    for s in active:
+        store.update_state(s.run, state=st.FAILED, ended_at=time.time(), error="cancelled by sweep cancel")
+    click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("-n", "--lines", type=click.IntRange(min=1), default=40, help="Lines from the end.")
+def logs(run_dir: str, lines: int) -> None:
+    """Show the log of a run (its log.txt, then the scheduler's stderr of its job)."""
+    from launch import store as st
+    from launch.store import read_json
+
+    d = Path(run_dir)
+    if not (d / st.RUN_FILE).exists():
+        raise UserError(f"{run_dir}: not a run directory (no {st.RUN_FILE})")
+    log = d / st.LOG_FILE
+    if log.exists():
+        text = log.read_text(errors="replace").splitlines()
+        click.echo(f"==> {log} (last {min(lines, len(text))} of {len(text)} lines)")
+        click.echo("\n".join(text[-lines:]))
+    else:
+        click.echo(f"{log}: no log yet")
+    state = read_json(d / st.STATE_FILE) or {}
+    if state.get("error"):
+        click.echo(f"==> error\n{state['error']}")
+
+
+@cli.command()
+@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
+@root_option
+@only_option
+@click.option("--include-incomplete", is_flag=True, help="Also rows of runs not completed (partial sweeps).")
+def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: str | None,
+            include_incomplete: bool) -> None:
+    """Gather the metrics of every run into one Parquet table."""
+    from launch.collect import collect as do_collect
+    from launch.store import Store
+
+    loaded = [_load(p, root, only) for p in spec_paths]
+    roots = {str(spec.root) for spec, _ in loaded}
+    if len(roots) > 1:
+        raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")
+    runs = [r for _, rs in loaded for r in rs]
+    report = do_collect(runs, Store(loaded[0][0].root), Path(output), include_incomplete=include_incomplete)
+    for reason, dirs in report.skipped.items():
+        click.echo(f"skipped {len(dirs)} runs ({reason}): {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}",
+                   err=True)
+    click.echo(f"wrote {output}: {report.rows} rows from {report.runs} of {len(runs)} runs")
+
+
+@cli.command()
+@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="TASK_MAPPING.md", show_default=True)
+@click.option("--check", is_flag=True, help="Exit 1 if the file differs from what the specs give.")
+def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
+    """Write TASK_MAPPING.md from the specs."""
+    from launch.mapping import render
+
+    loaded = [_load(p, None) for p in spec_paths]
+    text = render(loaded, " ".join(spec_paths))
+    if check:
+        current = Path(output).read_text() if Path(output).exists() else ""
+        if current != text:
+            click.echo(f"{output} is stale: run `sweep mapping {' '.join(spec_paths)}`", err=True)
+            sys.exit(1)
+        click.echo(f"{output} is up to date")
+        return
+    tmp = Path(output).with_name(f".{Path(output).name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output)
+    click.echo(f"wrote {output}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="sweep", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:  # bad CLI arguments: one line, exit 2
+        msg = e.format_message().replace("\n", " ")
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else "sweep: "
+        click.echo(f"error: {where}{msg}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""``sweep collect``: the tree's metric files -> one long Parquet table.
+
+One row per metrics record (run × step × split × eval length). Reads
+``run.json``, ``state.json`` and ``metrics.jsonl``, never model weights.
+
+Columns (documented in checkpoints/README.md):
+provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
+            git_commit, host, started_at, ended_at, wall_s, state
+record      step, split, length (nullable), time
+config      one column per resolved config parameter (lists/dicts as JSON);
+            ``config_<name>`` when it is named like a provenance column
+metrics     one float column per metric name; ``metric_<name>`` on a clash
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from launch import store as st
+from launch.experiment import METRICS_FILE
+from launch.store import Store, read_jobs, read_json
+from launch.tasks import Run
+
+PROVENANCE = ["spec", "experiment", "group", "task", "seed", "run_key", "run_dir", "job_id", "git_commit",
+              "host", "started_at", "ended_at", "wall_s", "state"]
+RECORD = ["step", "split", "length", "time"]
+
+
+@dataclass
+class CollectReport:
+    rows: int = 0
+    runs: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run dirs
+
+
+def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool = False) -> CollectReport:
+    report = CollectReport()
+    jobs: dict[str, str] = {}
+    for spec in sorted({r.spec for r in runs}):
+        jobs.update(read_jobs(store, spec))
+    config_cols: list[str] = []
+    seen_cfg: set[str] = set()
+    records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    for r in runs:
+        d = store.run_dir(r)
+        state = read_json(d / st.STATE_FILE)
+        if not state:
+            report.skipped.setdefault("not started", []).append(r.rel_dir)
+            continue
+        if state.get("_corrupt"):
+            report.skipped.setdefault("corrupt state.json", []).append(r.rel_dir)
+            continue
+        if state.get("state") != st.COMPLETED and not include_incomplete:
+            report.skipped.setdefault(f"not completed ({state.get('state')})", []).append(r.rel_dir)
+            continue
+        try:
+            with open(d / METRICS_FILE) as f:
+                recs = [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
+            continue
+        for k in r.config:
+            if k not in seen_cfg and k != "seed":  # seed is already a provenance column
+                seen_cfg.add(k)
+                config_cols.append(k)
+        prov = {"spec": r.spec, "experiment": r.experiment, "group": r.group, "task": r.task, "seed": r.seed,
+                "run_key": r.run_key, "run_dir": r.rel_dir, "job_id": jobs.get(r.rel_dir, state.get("job_id")),
+                "git_commit": state.get("git_commit"), "host": state.get("host"),
+                "started_at": state.get("started_at"), "ended_at": state.get("ended_at"),
+                "wall_s": state.get("wall_s"), "state": state.get("state")}
+        records.append((prov, r.config, recs))
+        report.runs += 1
+
+    # a config parameter named like a provenance/record column keeps its value as config_<name>
+    cfg_col = {k: f"config_{k}" if k in PROVENANCE or k in RECORD else k for k in config_cols}
+    reserved = set(PROVENANCE) | set(RECORD) | set(cfg_col.values())
+    metric_cols: dict[str, str] = {}  # metric name -> column
+    columns: dict[str, list[Any]] = {c: [] for c in PROVENANCE + RECORD + list(cfg_col.values())}
+    n = 0
+    for prov, config, recs in records:
+        for rec in recs:
+            for c in PROVENANCE:
+                columns[c].append(prov[c])
+            columns["step"].append(rec.get("step"))
+            columns["split"].append(rec.get("split"))
+            columns["length"].append(rec.get("length"))
+            columns["time"].append(rec.get("time"))
+            for c in config_cols:
+                v = config.get(c)
+                columns[cfg_col[c]].append(json.dumps(v) if isinstance(v, (list, dict)) else v)
+            for name, v in rec.get("metrics", {}).items():
+                col = metric_cols.get(name)
+                if col is None:
+                    col = metric_cols[name] = f"metric_{name}" if name in reserved else name
+                    columns[col] = [None] * n
+                columns[col].append(v)
+            n += 1
+            for col in metric_cols.values():
+                if len(columns[col]) < n:
+                    columns[col].append(None)
+    df = pd.DataFrame(columns)
+    for c in ("started_at", "ended_at"):
+        df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+    for c in ("task", "seed", "step", "length"):
+        df[c] = df[c].astype("Int64")
+    for c in metric_cols.values():
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in cfg_col.values():  # a column that mixes types (e.g. None and str) is stored as text
+        if df[c].map(type).nunique() > 1 and not pd.api.types.is_numeric_dtype(df[c]):
+            df[c] = df[c].map(lambda v: None if v is None else str(v))
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    report.rows = n
+    return report

@@ -1,0 +1,184 @@
+"""Executors: hand units of runs to SLURM (job arrays) or to this machine.
+
+A *unit* is the list of run directories one job executes (one run, or a pack).
+Both executors are non-blocking: they return job ids as soon as the work is
+queued, and the runs report their own state on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from launch.errors import UserError
+from launch.runner import LocalWorker, RunUnit
+from launch.store import Store, write_json
+
+DEFAULT_TIME_MIN = 60
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+
+
+def slurm_parameters(resources: dict[str, Any], job_name: str) -> dict[str, Any]:
+    """Spec ``resources`` -> submitit SlurmExecutor parameters."""
+    p: dict[str, Any] = {"job_name": job_name, "time": resources.get("time_min", DEFAULT_TIME_MIN),
+                         "cpus_per_task": resources.get("cpus", 1)}
+    if "partition" in resources:
+        p["partition"] = resources["partition"]
+    if resources.get("gpus"):
+        p["gpus_per_node"] = resources["gpus"]
+    if "mem_gb" in resources:
+        p["mem"] = f"{resources['mem_gb']}G"
+    for key in ("account", "qos", "constraint", "setup", "nodes", "signal_delay_s"):
+        if key in resources:
+            p[key] = resources[key]
+    if "tasks_per_node" in resources:
+        p["ntasks_per_node"] = resources["tasks_per_node"]
+    if "array_parallelism" in resources:
+        p["array_parallelism"] = resources["array_parallelism"]
+    return p
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (``scontrol show config``); SLURM's default if unreadable."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+
+
+def chunks(units: list[list[str]], size: int) -> list[list[list[str]]]:
+    """Split units into job arrays of at most ``size`` elements (indices 0..size-1)."""
+    return [units[i:i + size] for i in range(0, len(units), size)]
+
+
+@dataclass
+class Submitted:
+    unit: list[str]
+    job_id: str
+
+
+def submitit_command() -> str:
+    return f"{sys.executable} -u -m submitit.core._submit"
+
+
+def render_sbatch(params: dict[str, Any], folder: Path, n: int) -> str:
+    """The sbatch script submitit will write for an array of ``n`` elements."""
+    cmd = f"{submitit_command()} {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=cmd, folder=folder, map_count=n if n > 1 else None, **params)
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def __init__(self, store: Store, params: dict[str, Any]):
+        self.store = store
+        self.params = params
+        self.folder = store.submitit_dir() / "%j"
+
+    def _executor(self) -> submitit.SlurmExecutor:
+        ex = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=1000)
+        ex.update_parameters(**self.params)
+        return ex
+
+    def submit(self, units: list[list[str]], array_size: int) -> list[Submitted]:
+        if not units:
+            return []
+        ex = self._executor()
+        out: list[Submitted] = []
+        for chunk in chunks(units, array_size):
+            try:
+                with ex.batch():
+                    jobs = [ex.submit(RunUnit(str(self.store.root), unit)) for unit in chunk]
+            except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+                raise UserError(f"sbatch failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+            out += [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+        return out
+
+
+class LocalBackend:
+    """At most ``concurrency`` workers (submitit LocalExecutor jobs) pull units from a queue."""
+
+    name = "local"
+
+    def __init__(self, store: Store, concurrency: int):
+        self.store = store
+        self.concurrency = concurrency
+
+    def submit(self, units: list[list[str]], array_size: int = 0) -> list[Submitted]:
+        if not units:
+            return []
+        qid = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        qdir = self.store.meta / "queue" / qid
+        (qdir / "todo").mkdir(parents=True)
+        (qdir / "claimed").mkdir()
+        for i, unit in enumerate(units):
+            write_json(qdir / "todo" / f"{i:07d}.json", unit)
+        ex = submitit.LocalExecutor(folder=self.store.meta / "submitit-local" / "%j")
+        # generous timeout: a local queue lives as long as its work
+        ex.update_parameters(timeout_min=7 * 24 * 60)
+        n = min(self.concurrency, len(units))
+        workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir))) for _ in range(n)]
+        pids = [int(w.job_id) for w in workers]
+        write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
+        job_id = f"local:{qid}"
+        return [Submitted(unit, job_id) for unit in units]
+
+
+def local_queue_alive(store: Store, job_id: str) -> bool | None:
+    """Whether any worker of a local queue still runs (None if the queue is unknown)."""
+    qid = job_id.split(":", 1)[1]
+    from launch.store import read_json
+
+    info = read_json(store.meta / "queue" / qid / "workers.json")
+    if not info or info.get("_corrupt"):
+        return None
+    for pid in info.get("pids", []):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return True
+        # a zombie (finished, not yet reaped) is not alive
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                continue
+        except OSError:
+            pass
+        return True
+    return False
+
+
+def cancel_local(store: Store, rel_dirs: list[str], whole_queue: bool) -> None:
+    """Take unstarted units of these runs out of their local queues; with
+    ``whole_queue`` also stop the queues' workers (and so the running runs)."""
+    import signal
+
+    from launch.store import read_json
+
+    wanted = set(rel_dirs)
+    for qdir in (store.meta / "queue").glob("*"):
+        for item in (qdir / "todo").glob("*.json"):
+            unit = read_json(item) or []
+            if set(unit) & wanted:
+                item.unlink(missing_ok=True)
+        if whole_queue:
+            info = read_json(qdir / "workers.json") or {}
+            for pid in info.get("pids", []):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass

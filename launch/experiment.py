@@ -1,0 +1,154 @@
+"""The one small interface between the harness and an experiment family.
+
+An experiment is an object with
+
+* ``name``: the value of ``experiment:`` in a spec;
+* ``defaults() -> dict``: every parameter it accepts with its default value.
+  The default's type is the parameter's type in spec validation
+  (an int default accepts ints; a float default accepts ints and floats;
+  ``None`` accepts anything);
+* ``check(config) -> list[str]``: problems with a fully resolved config, each
+  ``"<param>: <what is wrong>"`` (unknown choice, K larger than the vocabulary…);
+* ``run(config, ctx)``: train — or resume, if ``ctx.run_dir`` holds a resume
+  state — and write metrics through ``ctx.log``. It must be safe to call again
+  after being killed at any moment (that is how requeue works);
+* optionally ``total_steps(config) -> int`` for progress in ``sweep status``.
+
+Families register in ``pyproject.toml`` under ``[project.entry-points."sweep.experiments"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from launch.errors import UserError
+
+
+@runtime_checkable
+class Experiment(Protocol):
+    name: str
+
+    def defaults(self) -> dict[str, Any]: ...
+
+    def check(self, config: dict[str, Any]) -> list[str]: ...
+
+    def run(self, config: dict[str, Any], ctx: RunContext) -> None: ...
+
+
+def load_experiment(name: str) -> Experiment:
+    """Find an experiment by entry-point name, or by ``module:attribute``."""
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"experiment {name!r} cannot be imported: {e}") from None
+    found = {ep.name: ep for ep in entry_points(group="sweep.experiments")}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise UserError(f"unknown experiment {name!r} (known: {known})")
+    return found[name].load()
+
+
+METRICS_FILE = "metrics.jsonl"
+PROGRESS_FILE = "progress.json"
+
+
+@dataclass
+class RunContext:
+    """What a running experiment gets from the harness."""
+
+    run_dir: Path
+    run_key: str = ""
+    group: str = ""
+    name: str = ""  # human-readable run name (the run dir relative to the tree root)
+    wandb: dict[str, Any] | None = None  # the spec's wandb block, or None when disabled
+    device: str = "cpu"
+    _wandb_run: Any = field(default=None, repr=False)
+    _last_progress: float = field(default=0.0, repr=False)
+    _unwritten_progress: tuple[int, int] | None = field(default=None, repr=False)
+
+    # -- metrics ---------------------------------------------------------
+    def log(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        split: str = "train",
+        length: int | None = None,
+    ) -> None:
+        """Append one metrics record: ``metrics`` measured at ``step`` on ``split``
+        (``train``, ``test``, ``gen``, ``val``…), optionally for one eval ``length``
+        (e.g. K). One JSON line in ``metrics.jsonl``; also sent to W&B as
+        ``{split}/K{length}/{name}`` or ``{split}/{name}``."""
+        rec = {"step": int(step), "split": split, "length": length, "time": time.time(),
+               "metrics": {k: _plain(v) for k, v in metrics.items()}}
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.wandb is not None:
+            prefix = f"{split}/K{length}/" if length is not None else f"{split}/"
+            self._wandb().log({prefix + k: v for k, v in rec["metrics"].items()} | {"iter": step})
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop records with ``step > after_step``: call on resume so that the
+        records logged after the last checkpoint are not duplicated."""
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines()
+                if line.strip() and _step_of(line) is not None and _step_of(line) <= after_step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+
+    def progress(self, step: int, total: int, force: bool = False) -> None:
+        """Record how far the run is (read by ``sweep status``); at most every 5 s."""
+        now = time.time()
+        if not force and now - self._last_progress < 5.0:
+            self._unwritten_progress = (step, total)
+            return
+        self._last_progress, self._unwritten_progress = now, None
+        tmp = self.run_dir / (PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps({"step": int(step), "total": int(total), "time": now}))
+        os.replace(tmp, self.run_dir / PROGRESS_FILE)
+
+    def finish(self) -> None:
+        if self._unwritten_progress is not None:
+            self.progress(*self._unwritten_progress, force=True)
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def _wandb(self) -> Any:
+        if self._wandb_run is None:
+            import wandb  # optional: imported only when a spec enables it
+
+            cfg = self.wandb or {}
+            self._wandb_run = wandb.init(
+                project=cfg.get("project", "sweep"), entity=cfg.get("entity"),
+                mode=cfg.get("mode", "offline"), group=self.group, name=self.name,
+                id=self.run_key, resume="allow", dir=str(self.run_dir),
+                config=cfg.get("config"), reinit=True,
+            )
+        return self._wandb_run
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _plain(v: Any) -> Any:
+    """Tensors and NumPy scalars -> Python numbers, so the JSON stays plain."""
+    if hasattr(v, "item"):
+        return v.item()
+    return v

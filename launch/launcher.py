@@ -1,0 +1,151 @@
+"""``sweep launch``: submit the runs of a spec that are not done yet.
+
+Order of work: expand → check the manifest (no renumbering) → [dry run: print
+and stop] → lock → one status query → write run files → submit → record job ids.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from launch import status as stt
+from launch import store as st
+from launch.errors import UserError
+from launch.executors import (
+    LocalBackend,
+    SlurmBackend,
+    chunks,
+    max_array_size,
+    render_sbatch,
+    slurm_parameters,
+)
+from launch.spec import Spec
+from launch.store import Store, record_jobs, write_json
+from launch.tasks import Run
+
+
+@dataclass
+class LaunchPlan:
+    to_submit: list[Run]
+    skipped: dict[str, int] = field(default_factory=dict)
+    units: list[list[str]] = field(default_factory=list)
+    warning: str | None = None
+
+
+def pack_units(runs: list[Run], pack: int | str) -> list[list[str]]:
+    """Group runs into the units one job executes. Packs never cross groups, so
+    a job's runs share a W&B group and a directory level."""
+    size = 1 if pack == "auto" else int(pack)
+    units: list[list[str]] = []
+    last_group = None
+    for r in runs:
+        if units and len(units[-1]) < size and r.group == last_group:
+            units[-1].append(r.rel_dir)
+        else:
+            units.append([r.rel_dir])
+        last_group = r.group
+    return units
+
+
+def plan(spec: Spec, runs: list[Run], store: Store, retry_failed: bool, query: bool = True) -> LaunchPlan:
+    statuses, warning = stt.run_statuses(store, runs, query=query)
+    skipped: dict[str, int] = {}
+    todo = []
+    for s in statuses:
+        if s.state == stt.NOT_SUBMITTED or (retry_failed and s.state == stt.FAILED):
+            todo.append(s.run)
+        else:
+            skipped[s.state] = skipped.get(s.state, 0) + 1
+    return LaunchPlan(to_submit=todo, skipped=skipped, units=pack_units(todo, spec.pack), warning=warning)
+
+
+def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = False, dry_run: bool = False,
+           resources: dict[str, Any] | None = None, concurrency: int | None = None,
+           echo: Any = print) -> LaunchPlan:
+    store = Store(spec.root)
+    store.check_manifest(spec.name, runs)
+    for r in runs:
+        store.check_run_dir(r)
+    res = {**spec.resources, **(resources or {})}
+    if cluster not in ("slurm", "local"):
+        raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
+
+    if dry_run:
+        p = plan(spec, runs, store, retry_failed, query=cluster == "slurm")
+        _print_plan(spec, runs, p, cluster, res, store, concurrency, echo)
+        return p
+
+    with store.lock(spec.name):
+        p = plan(spec, runs, store, retry_failed)
+        if p.warning:
+            echo(f"warning: {p.warning}")
+        if not p.to_submit:
+            echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
+            return p
+        if cluster == "slurm":
+            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, spec.name))
+            array_size = max_array_size()
+        else:
+            backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
+            array_size = 0
+        store.write_manifest(spec.name, spec.file, runs)
+        previous = {r.rel_dir: store.state(r) for r in p.to_submit}
+        for r in p.to_submit:
+            store.prepare(r, spec.wandb, spec.max_requeues)
+            store.update_state(r, state=st.SUBMITTED, cluster=cluster, submitted_at=time.time(),
+                               requeues=0, error=None, ended_at=None)
+        try:
+            submitted = backend.submit(p.units, array_size)
+        except BaseException:
+            for r in p.to_submit:  # leave the runs as they were
+                if previous[r.rel_dir]:
+                    write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
+                else:
+                    (store.run_dir(r) / st.STATE_FILE).unlink(missing_ok=True)
+            raise
+        record_jobs(store, spec.name, {rel: s.job_id for s in submitted for rel in s.unit})
+        ids = sorted({s.job_id.split("_")[0] for s in submitted})
+        what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
+            if cluster == "slurm" else f"the local queue {ids[0]}"
+        echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
+             + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
+        return p
+
+
+def _fmt_skipped(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return "no runs"
+    parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items())]
+    hint = " (use --retry-failed to resubmit failed runs)" if skipped.get(stt.FAILED) else ""
+    return ", ".join(parts) + hint
+
+
+def _print_plan(spec: Spec, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
+                concurrency: int | None, echo: Any) -> None:
+    echo(f"spec {spec.name} ({spec.file}): experiment {spec.experiment_name}, {len(runs)} runs in "
+         f"{len({r.group for r in runs})} groups, tree {store.root}")
+    submit = {r.rel_dir for r in p.to_submit}
+    for r in runs:
+        mark = "submit" if r.rel_dir in submit else "skip  "
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+        echo(f"  {mark} {r.group} task_{r.task:04d} seed{r.seed} [{r.run_key}] {params}")
+    echo(f"would submit {len(p.to_submit)} runs as {len(p.units)} jobs" +
+         (f"; skip {_fmt_skipped(p.skipped)}" if p.skipped else ""))
+    if cluster == "slurm":
+        size = max_array_size()
+        arrays = chunks(p.units, size)
+        echo(f"job arrays (MaxArraySize {size}): " + (", ".join(
+            f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
+        params = slurm_parameters(res, spec.name)
+        echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        if arrays:
+            echo("--- sbatch script of the first array ---")
+            echo(render_sbatch(params, store.submitit_dir() / "%j", len(arrays[0])))
+    else:
+        echo(f"local executor: at most {concurrency or res.get('local_concurrency') or os.cpu_count()} "
+             f"runs at once")
+    if p.warning:
+        echo(f"warning: {p.warning}")

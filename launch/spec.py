@@ -1,0 +1,289 @@
+"""Sweep specs: YAML -> a validated :class:`Spec`.
+
+Every problem is reported as a :class:`SpecError` naming the file and the key
+path (``axes[1].values[0]``), so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launch.errors import SpecError, UserError
+from launch.experiment import Experiment, load_experiment
+
+TOP_KEYS = {"experiment", "name", "root", "group", "path", "fixed", "axes", "seeds",
+            "resources", "wandb", "pack", "max_requeues", "description"}
+AXIS_KEYS = {"params", "param", "values", "group", "name"}
+RESOURCE_KEYS = {
+    "partition": str, "time_min": int, "gpus": int, "cpus": int, "mem_gb": (int, float),
+    "account": str, "qos": str, "constraint": str, "setup": list, "array_parallelism": int,
+    "local_concurrency": int, "tasks_per_node": int, "nodes": int, "signal_delay_s": int,
+}
+WANDB_KEYS = {"project": str, "entity": str, "mode": str, "tags": list}
+WANDB_MODES = {"online", "offline", "disabled"}
+# names the templates may use besides config parameters
+TEMPLATE_NAMES = {"task", "seed", "group", "run_key"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    params: tuple[str, ...]          # one name, or several that vary together (linked)
+    values: tuple[tuple[Any, ...], ...]  # one tuple per point, aligned with params
+    group: bool = False              # a group axis forms the directory level / W&B group
+
+
+@dataclass
+class Spec:
+    file: str
+    name: str
+    experiment_name: str
+    root: Path
+    group_template: str
+    path_template: str
+    fixed: dict[str, Any]
+    axes: list[Axis]
+    seeds: list[int]
+    resources: dict[str, Any] = field(default_factory=dict)
+    wandb: dict[str, Any] | None = None
+    pack: int | str = 1
+    max_requeues: int = 5
+    experiment: Experiment | None = field(default=None, repr=False)
+
+    @property
+    def group_axes(self) -> list[Axis]:
+        return [a for a in self.axes if a.group]
+
+    @property
+    def inner_axes(self) -> list[Axis]:
+        return [a for a in self.axes if not a.group]
+
+
+def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
+    """Read and validate a spec file. ``root`` overrides the spec's tree root."""
+    p = Path(path)
+    f = str(path)
+    if not p.exists():
+        raise UserError(f"{f}: spec file not found")
+    if p.is_dir():
+        raise UserError(f"{f}: is a directory, not a spec file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f, "", f"malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f, "", "not a text file") from None
+    return parse_spec(raw, file=f, default_name=p.stem, root=root)
+
+
+def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
+               root: str | Path | None = None) -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError(file, "", f"the spec must be a mapping of keys, got {_tname(raw)}")
+    unknown = sorted(set(map(str, raw)) - TOP_KEYS)
+    if unknown:
+        raise SpecError(file, unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
+    for key in ("experiment", "path", "axes"):
+        if key not in raw:
+            raise SpecError(file, key, "missing required key")
+
+    exp_name = _expect(raw["experiment"], str, file, "experiment")
+    try:
+        exp = load_experiment(exp_name)
+    except UserError as e:
+        raise SpecError(file, "experiment", str(e)) from None
+    defaults = exp.defaults()
+
+    name = _expect(raw.get("name", default_name), str, file, "name")
+    if not name or any(c in name for c in "/\\ "):
+        raise SpecError(file, "name", f"{name!r} is not a usable name (no spaces or slashes)")
+
+    fixed_raw = raw.get("fixed") or {}
+    if not isinstance(fixed_raw, dict):
+        raise SpecError(file, "fixed", f"must be a mapping of parameter: value, got {_tname(fixed_raw)}")
+    fixed = {}
+    for k, v in fixed_raw.items():
+        _check_param(str(k), v, defaults, file, f"fixed.{k}", exp_name)
+        fixed[str(k)] = v
+
+    axes_raw = raw["axes"]
+    if not isinstance(axes_raw, list):
+        raise SpecError(file, "axes", f"must be a list of axes, got {_tname(axes_raw)}")
+    axes: list[Axis] = []
+    seen_params: dict[str, str] = {k: f"fixed.{k}" for k in fixed}  # param -> where it is set
+    for i, a in enumerate(axes_raw):
+        axis = _parse_axis(a, file, f"axes[{i}]", defaults, exp_name)
+        for prm in axis.params:
+            if prm in seen_params:
+                raise SpecError(file, f"axes[{i}]", f"parameter {prm!r} is already set by {seen_params[prm]}")
+            seen_params[prm] = f"axes[{i}]"
+        axes.append(axis)
+
+    if "seed" in seen_params:
+        raise SpecError(file, seen_params["seed"], "set seeds with the top-level 'seeds' list, not as a parameter")
+    seeds_raw = raw.get("seeds", [defaults.get("seed", 0)])
+    if not isinstance(seeds_raw, list) or not seeds_raw:
+        raise SpecError(file, "seeds", "must be a non-empty list of integers")
+    for j, s in enumerate(seeds_raw):
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise SpecError(file, f"seeds[{j}]", f"must be an integer, got {_tname(s)} {s!r}")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        dup = next(s for s in seeds_raw if seeds_raw.count(s) > 1)
+        raise SpecError(file, "seeds", f"duplicate seed {dup}")
+
+    names = set(defaults) | TEMPLATE_NAMES
+    group_t = _expect(raw.get("group", name), str, file, "group")
+    path_t = _expect(raw["path"], str, file, "path")
+    _check_template(group_t, names - {"task", "group", "run_key"}, file, "group")
+    _check_template(path_t, names, file, "path")
+    if "{seed" not in path_t and "{run_key" not in path_t:
+        raise SpecError(file, "path", "must contain {seed} (each seed needs its own directory)")
+    if Path(path_t).is_absolute() or ".." in Path(path_t).parts:
+        raise SpecError(file, "path", "must be a relative path inside the tree root")
+
+    resources = _parse_typed_block(raw.get("resources") or {}, RESOURCE_KEYS, file, "resources")
+    wandb = None
+    if raw.get("wandb") is not None:
+        wandb = _parse_typed_block(raw["wandb"], WANDB_KEYS, file, "wandb")
+        mode = wandb.setdefault("mode", "disabled")
+        if mode not in WANDB_MODES:
+            raise SpecError(file, "wandb.mode", f"{mode!r} is not one of {', '.join(sorted(WANDB_MODES))}")
+        if mode == "disabled":
+            wandb = None
+
+    pack = raw.get("pack", 1)
+    if not (pack == "auto" or (isinstance(pack, int) and not isinstance(pack, bool) and pack >= 1)):
+        raise SpecError(file, "pack", f"must be a positive integer or 'auto', got {pack!r}")
+    max_requeues = raw.get("max_requeues", 5)
+    if not isinstance(max_requeues, int) or isinstance(max_requeues, bool) or max_requeues < 0:
+        raise SpecError(file, "max_requeues", f"must be a non-negative integer, got {max_requeues!r}")
+
+    root_path = Path(root) if root is not None else Path(_expect(raw.get("root", "checkpoints"), str, file, "root"))
+    return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,
+                path_template=path_t, fixed=fixed, axes=axes, seeds=list(seeds_raw), resources=resources,
+                wandb=wandb, pack=pack, max_requeues=max_requeues, experiment=exp)
+
+
+def _parse_axis(a: Any, file: str, key: str, defaults: dict[str, Any], exp_name: str) -> Axis:
+    if not isinstance(a, dict) or not a:
+        raise SpecError(file, key, f"an axis must be a mapping like {{n_layers: [1, 2]}}, got {_tname(a)}")
+    if not (set(a) & {"params", "param", "values"}):
+        # shorthand {name: [values]}, optionally with group: true
+        rest = {k: v for k, v in a.items() if k != "group"}
+        if len(rest) != 1:
+            raise SpecError(file, key, "shorthand axis takes one parameter; use {params: [...], values: [...]} "
+                                       "for linked parameters")
+        (prm, vals), = rest.items()
+        a = {"params": [prm], "values": [[v] for v in vals] if isinstance(vals, list) else vals,
+             "group": a.get("group", False)}
+    else:
+        unknown = sorted(set(map(str, a)) - AXIS_KEYS)
+        if unknown:
+            raise SpecError(file, f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(AXIS_KEYS))})")
+        if "param" in a:
+            if "params" in a:
+                raise SpecError(file, key, "give either 'param' or 'params', not both")
+            vals = a.get("values")
+            a = dict(a, params=[a["param"]], values=[[v] for v in vals] if isinstance(vals, list) else vals)
+    params = a.get("params")
+    if isinstance(params, str):
+        params = [params]
+    if not isinstance(params, list) or not params:
+        raise SpecError(file, f"{key}.params", "must be a non-empty list of parameter names")
+    if len(set(params)) != len(params):
+        raise SpecError(file, f"{key}.params", "a parameter is listed twice")
+    values = a.get("values")
+    if not isinstance(values, list):
+        raise SpecError(file, f"{key}.values", f"must be a list, got {_tname(values)}")
+    if not values:
+        raise SpecError(file, f"{key}.values", "is empty (an empty axis would give no runs)")
+    points: list[tuple[Any, ...]] = []
+    for j, v in enumerate(values):
+        vkey = f"{key}.values[{j}]"
+        if len(params) > 1:
+            if not isinstance(v, list) or len(v) != len(params):
+                raise SpecError(file, vkey, f"must be a list of {len(params)} values for {params}, got {v!r}")
+            point = tuple(v)
+        else:
+            point = tuple(v) if isinstance(v, list) and len(v) == 1 else (v,)
+        for prm, pv in zip(params, point):
+            _check_param(str(prm), pv, defaults, file, vkey, exp_name)
+        if point in points:
+            raise SpecError(file, vkey, f"duplicate value {v!r}")
+        points.append(point)
+    group = a.get("group", False)
+    if not isinstance(group, bool):
+        raise SpecError(file, f"{key}.group", f"must be true or false, got {group!r}")
+    return Axis(params=tuple(map(str, params)), values=tuple(points), group=group)
+
+
+def _check_param(name: str, value: Any, defaults: dict[str, Any], file: str, key: str, exp_name: str) -> None:
+    if name == "seed":
+        return
+    if name not in defaults:
+        raise SpecError(file, key, f"experiment {exp_name!r} has no parameter {name!r}")
+    want = defaults[name]
+    if want is None or value is None and want is None:
+        return
+    ok: bool
+    if isinstance(want, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(want, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(want, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(want))
+    if not ok:
+        raise SpecError(file, key, f"{name} must be {_tname(want)}, got {_tname(value)} {value!r}")
+
+
+def _check_template(t: str, names: set[str], file: str, key: str) -> None:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+    except ValueError as e:
+        raise SpecError(file, key, f"bad template {t!r}: {e}") from None
+    for fname in fields:
+        base = fname.split(".")[0].split("[")[0]
+        if not base:
+            raise SpecError(file, key, f"template {t!r} has an empty field {{}}; name a parameter")
+        if base not in names:
+            raise SpecError(file, key, f"template field {{{base}}} is neither a parameter nor one of "
+                                       f"{', '.join(sorted(TEMPLATE_NAMES))}")
+
+
+def _parse_typed_block(block: Any, schema: dict[str, Any], file: str, key: str) -> dict[str, Any]:
+    if not isinstance(block, dict):
+        raise SpecError(file, key, f"must be a mapping, got {_tname(block)}")
+    out = {}
+    for k, v in block.items():
+        if k not in schema:
+            raise SpecError(file, f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(schema))})")
+        t = schema[k]
+        if isinstance(v, bool) or not isinstance(v, t):
+            raise SpecError(file, f"{key}.{k}", f"must be {_tname(t)}, got {_tname(v)} {v!r}")
+        if isinstance(v, (int, float)) and v <= 0:
+            raise SpecError(file, f"{key}.{k}", f"must be positive, got {v}")
+        out[k] = v
+    return out
+
+
+def _expect(v: Any, t: type, file: str, key: str) -> Any:
+    if not isinstance(v, t):
+        raise SpecError(file, key, f"must be {_tname(t)}, got {_tname(v)} {v!r}")
+    return v
+
+
+def _tname(v: Any) -> str:
+    t = v if isinstance(v, type) else type(v)
+    if isinstance(v, tuple) and all(isinstance(x, type) for x in v):
+        return " or ".join(_tname(x) for x in v)
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(t, t.__name__)

@@ -1,0 +1,210 @@
+"""Where every run stands: its state on disk, corrected by one scheduler query.
+
+The run writes ``running``/``completed``/``failed`` itself; what it cannot
+write (killed, cancelled, still queued, requeued) comes from the scheduler:
+one ``sacct`` call for all jobs, ``squeue`` when accounting is off, disk alone
+(with a warning) when the scheduler is unreachable.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from launch import store as st
+from launch.executors import local_queue_alive
+from launch.experiment import PROGRESS_FILE
+from launch.store import Store, read_jobs, read_json
+from launch.tasks import Run
+
+NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
+    "not_submitted", "pending", "running", "completed", "failed", "requeued")
+STATES = [NOT_SUBMITTED, PENDING, RUNNING, REQUEUED, COMPLETED, FAILED]
+ACTIVE = {PENDING, RUNNING, REQUEUED}
+
+# SLURM job states -> ours
+_SLURM = {
+    "PENDING": PENDING, "CONFIGURING": PENDING, "RUNNING": RUNNING, "COMPLETING": RUNNING,
+    "SUSPENDED": RUNNING, "RESIZING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING,
+    "REQUEUED": REQUEUED, "REQUEUE_HOLD": REQUEUED, "REQUEUE_FED": REQUEUED,
+    "COMPLETED": COMPLETED,
+    "FAILED": FAILED, "CANCELLED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "PREEMPTED": FAILED,
+    "BOOT_FAIL": FAILED, "DEADLINE": FAILED, "OUT_OF_MEMORY": FAILED, "REVOKED": FAILED,
+}
+
+
+@dataclass
+class RunStatus:
+    run: Run
+    state: str
+    job_id: str | None = None
+    scheduler_state: str | None = None
+    reason: str | None = None
+    step: int | None = None
+    total: int | None = None
+    last_metric: str | None = None
+    updated_at: float | None = None
+    disk: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {"rel_dir": self.run.rel_dir, "group": self.run.group, "task": self.run.task,
+                "seed": self.run.seed, "run_key": self.run.run_key, "state": self.state, "job_id": self.job_id,
+                "scheduler_state": self.scheduler_state, "reason": self.reason, "step": self.step,
+                "total": self.total, "last_metric": self.last_metric,
+                "age_s": None if self.updated_at is None else round(time.time() - self.updated_at, 1)}
+
+
+def _expand_array(jobid: str) -> list[str]:
+    """``123_[0-3,7%2]`` -> ``['123_0', ..., '123_3', '123_7']``; other ids unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", jobid)
+    if not m:
+        return [jobid]
+    base, body = m.group(1), m.group(2).split("%")[0]
+    out = []
+    for part in body.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out += [f"{base}_{i}" for i in range(int(a), int(b) + 1)]
+        elif part:
+            out.append(f"{base}_{part}")
+    return out
+
+
+def query_slurm(job_ids: set[str]) -> tuple[dict[str, str], str | None]:
+    """Scheduler states of ``job_ids`` (array elements ``123_4`` or plain ``123``).
+
+    Returns (states, warning). One sacct call; squeue if accounting is off."""
+    if not job_ids:
+        return {}, None
+    masters = sorted({j.split("_")[0] for j in job_ids})
+    states: dict[str, str] = {}
+    try:
+        p = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(masters)],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode == 0:
+            for line in p.stdout.splitlines():
+                if "|" not in line:
+                    continue
+                jid, state = line.split("|", 1)
+                for j in _expand_array(jid.strip()):
+                    states[j] = state.split()[0] if state.strip() else "UNKNOWN"
+            return states, None
+        sacct_err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        sacct_err = str(e)
+    try:
+        p = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(masters)],
+                           capture_output=True, text=True, timeout=60)
+        if p.returncode == 0 or "Invalid job id" in p.stderr:
+            for line in p.stdout.splitlines():
+                if "|" in line:
+                    jid, state = line.split("|", 1)
+                    states[jid.strip()] = state.strip()
+            return states, f"sacct unavailable ({sacct_err}); used squeue, which forgets finished jobs"
+        err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        err = str(e)
+    return {}, f"scheduler unreachable (sacct: {sacct_err}; squeue: {err}); states are from disk alone"
+
+
+def run_statuses(store: Store, runs: list[Run], query: bool = True,
+                 details: bool = False) -> tuple[list[RunStatus], str | None]:
+    disk = {r.rel_dir: read_json(store.run_dir(r) / st.STATE_FILE) for r in runs}
+    jobs: dict[str, str] = {}
+    for spec in sorted({r.spec for r in runs}):
+        jobs.update(read_jobs(store, spec))
+    for rel, d in disk.items():  # the latest submission's id wins over what a run recorded
+        if d and not d.get("_corrupt") and rel in jobs:
+            d["job_id"] = jobs[rel]
+    slurm_ids = {d["job_id"] for d in disk.values()
+                 if d and d.get("job_id") and not str(d["job_id"]).startswith(("local:", "pid"))
+                 and d.get("state") not in (st.COMPLETED, st.FAILED)}
+    sched, warning = query_slurm(slurm_ids) if query else ({}, None)
+    if not query and slurm_ids:
+        warning = "scheduler not queried; states are from disk alone"
+    local_alive: dict[str, bool | None] = {}
+    out = []
+    for r in runs:
+        d = disk[r.rel_dir] or {}
+        s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"), disk=d)
+        dstate = d.get("state")
+        if d.get("_corrupt"):
+            s.state, s.reason = FAILED, "state.json is corrupt"
+        elif dstate == st.COMPLETED:
+            s.state = COMPLETED
+        elif dstate == st.FAILED:
+            s.state, s.reason = FAILED, _last_line(d.get("error"))
+        elif dstate in (st.SUBMITTED, st.RUNNING, st.REQUEUED):
+            jid = str(d.get("job_id") or "")
+            if jid.startswith("local:"):
+                if jid not in local_alive:
+                    local_alive[jid] = local_queue_alive(store, jid)
+                alive = local_alive[jid]
+                if alive is False:
+                    s.state, s.reason = FAILED, "local worker exited before the run finished"
+                else:
+                    s.state = RUNNING if dstate == st.RUNNING else PENDING
+            elif jid in sched:
+                s.scheduler_state = sched[jid]
+                mapped = _SLURM.get(sched[jid], PENDING)
+                if mapped == COMPLETED:  # job ended, run never said completed
+                    s.state = FAILED
+                    s.reason = "job completed without completing the run"
+                elif mapped == FAILED:
+                    s.state, s.reason = FAILED, f"scheduler: {sched[jid]}"
+                elif mapped == PENDING and (dstate == st.REQUEUED or d.get("requeues")):
+                    s.state = REQUEUED
+                else:
+                    s.state = mapped
+            elif warning and "unreachable" in warning or not query:
+                s.state = {st.SUBMITTED: PENDING, st.RUNNING: RUNNING, st.REQUEUED: REQUEUED}[dstate]
+            elif sched or slurm_ids:
+                # not (yet) known to the scheduler: sacct lags sbatch by a few seconds
+                s.state = {st.SUBMITTED: PENDING, st.RUNNING: RUNNING, st.REQUEUED: REQUEUED}[dstate]
+        if details:
+            prog = read_json(store.run_dir(r) / PROGRESS_FILE) or {}
+            s.step = prog.get("step")
+            s.total = prog.get("total")
+            s.last_metric = _last_metric(store, r)
+            s.updated_at = max(filter(None, [s.updated_at, prog.get("time")]), default=None)
+        out.append(s)
+    return out, warning
+
+
+def _last_line(text: str | None) -> str | None:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else None
+
+
+def _last_metric(store: Store, r: Run) -> str | None:
+    path = store.run_dir(r) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return None
+    import json
+
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        name, value = next(iter(rec["metrics"].items()), (None, None))
+        if name is None:
+            continue
+        where = f"{rec['split']}" + (f"/K{rec['length']}" if rec.get("length") is not None else "")
+        return f"{where}/{name}={value:.4g}" if isinstance(value, float) else f"{where}/{name}={value}"
+    return None
+
+
+def counts(statuses: list[RunStatus]) -> dict[str, int]:
+    c = {s: 0 for s in STATES}
+    for s in statuses:
+        c[s.state] += 1
+    return c

@@ -1,0 +1,170 @@
+"""The on-disk store: the tree of run directories and the harness's own files.
+
+Layout under the tree root::
+
+    <root>/.sweep/manifests/<spec>.json   run dir -> run key, written at first launch
+    <root>/.sweep/locks/<spec>.lock       held while launching (one submit per run)
+    <root>/.sweep/submitit/               submitit's folder (pickles, stdout/stderr)
+    <root>/<run dir>/run.json             identity + resolved config (plain JSON)
+    <root>/<run dir>/state.json           state, job id, attempts, times, error tail
+    <root>/<run dir>/progress.json        step / total, updated while running
+    <root>/<run dir>/metrics.jsonl        one JSON record per ctx.log call
+    <root>/<run dir>/log.txt              the run's stdout/stderr, all attempts
+
+Every JSON file is written atomically (temp file + rename), so readers never see
+half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from launch.errors import UserError
+from launch.tasks import Run
+
+META = ".sweep"
+RUN_FILE = "run.json"
+STATE_FILE = "state.json"
+LOG_FILE = "log.txt"
+
+# states written to disk by the launcher and the task runner
+SUBMITTED = "submitted"  # handed to the scheduler; the scheduler says pending/running
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+REQUEUED = "requeued"
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {"_corrupt": True}
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- harness files -----------------------------------------------------
+    @property
+    def meta(self) -> Path:
+        return self.root / META
+
+    def manifest_path(self, spec: str) -> Path:
+        return self.meta / "manifests" / f"{spec}.json"
+
+    def submitit_dir(self) -> Path:
+        return self.meta / "submitit"
+
+    @contextlib.contextmanager
+    def lock(self, spec: str, timeout_s: float = 120.0) -> Iterator[None]:
+        """Exclusive lock per spec, so two launches at once submit each run once."""
+        path = self.meta / "locks" / f"{spec}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            deadline = time.time() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        raise UserError(f"another 'sweep launch' of {spec} holds {path}; try again later") from None
+                    time.sleep(0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def read_manifest(self, spec: str) -> dict[str, Any] | None:
+        return read_json(self.manifest_path(spec))
+
+    def check_manifest(self, spec: str, runs: list[Run]) -> None:
+        """Refuse a relaunch that would renumber or change runs already launched."""
+        old = self.read_manifest(spec)
+        if not old:
+            return
+        if old.get("_corrupt"):
+            raise UserError(f"{self.manifest_path(spec)}: manifest is corrupt; move it away to relaunch")
+        by_dir = {r.rel_dir: r for r in runs}
+        differ = []
+        for rel, entry in old.get("runs", {}).items():
+            r = by_dir.get(rel)
+            if r is not None and r.run_key != entry["run_key"]:
+                changed = sorted(k for k in set(r.config) | set(entry.get("config", {}))
+                                 if r.config.get(k) != entry.get("config", {}).get(k))
+                differ.append(f"{rel} ({', '.join(changed) or 'config'})")
+        if differ:
+            more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+            raise UserError(f"spec {spec} would change runs already launched: {'; '.join(differ[:3])}{more}. "
+                            f"Append new axis values at the end, or use a new spec name/path")
+
+    def write_manifest(self, spec: str, spec_file: str, runs: list[Run]) -> None:
+        old = self.read_manifest(spec) or {}
+        entries = dict(old.get("runs", {}))
+        for r in runs:
+            entries[r.rel_dir] = {"run_key": r.run_key, "group": r.group, "task": r.task, "seed": r.seed,
+                                  "config": r.config}
+        path = self.manifest_path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"spec": spec, "spec_file": spec_file, "updated_at": time.time(), "runs": entries})
+
+    # -- run directories -----------------------------------------------------
+    def run_dir(self, run: Run | str) -> Path:
+        return self.root / (run.rel_dir if isinstance(run, Run) else run)
+
+    def check_run_dir(self, run: Run) -> None:
+        """A run directory already used by a different config (another spec sharing the tree)."""
+        info = read_json(self.run_dir(run) / RUN_FILE)
+        if info and not info.get("_corrupt") and info.get("run_key") != run.run_key:
+            raise UserError(f"{self.run_dir(run)} already holds run {info.get('run_key')} of spec "
+                            f"{info.get('spec')!r}, not {run.run_key}: two specs map to one directory")
+
+    def prepare(self, run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> None:
+        d = self.run_dir(run)
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / RUN_FILE, {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues})
+
+    def state(self, run: Run | str) -> dict[str, Any]:
+        return read_json(self.run_dir(run) / STATE_FILE) or {}
+
+    def update_state(self, run: Run | str, **fields: Any) -> dict[str, Any]:
+        path = self.run_dir(run) / STATE_FILE
+        st = read_json(path) or {}
+        if st.get("_corrupt"):
+            st = {}
+        st.update(fields, updated_at=time.time())
+        write_json(path, st)
+        return st
+
+
+def jobs_path(store: Store, spec: str) -> Path:
+    return store.meta / "jobs" / f"{spec}.json"
+
+
+def read_jobs(store: Store, spec: str) -> dict[str, str]:
+    """run dir -> job id of its latest submission (one file per spec, so status reads one file)."""
+    data = read_json(jobs_path(store, spec))
+    return {} if not data or data.get("_corrupt") else data
+
+
+def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:
+    path = jobs_path(store, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**read_jobs(store, spec), **jobs})

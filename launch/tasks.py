@@ -1,0 +1,137 @@
+"""Expand a :class:`Spec` into its runs, deterministically.
+
+Order: group points (cross product of group axes, declared order) → task index
+(cross product of the other axes, declared order, first axis outermost) → seed
+(innermost). ``task`` is the index inside the group, so ``task_0000`` names the
+same configuration in every group, as in the seed-003 tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from launch.errors import SpecError, UserError
+from launch.spec import Axis, Spec
+
+
+@dataclass(frozen=True)
+class Run:
+    spec: str
+    experiment: str
+    group: str
+    task: int
+    seed: int
+    rel_dir: str              # run directory relative to the tree root
+    run_key: str              # short hash of the canonical resolved config
+    config: dict[str, Any]    # fully resolved: experiment defaults < fixed < axes < seed
+    params: dict[str, Any]    # the values the axes set (what TASK_MAPPING shows)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "experiment": self.experiment, "group": self.group, "task": self.task,
+                "seed": self.seed, "rel_dir": self.rel_dir, "run_key": self.run_key,
+                "params": self.params, "config": self.config}
+
+
+def run_key(experiment: str, config: dict[str, Any]) -> str:
+    canon = json.dumps({"experiment": experiment, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _points(axes: list[Axis]) -> list[dict[str, Any]]:
+    out = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        point: dict[str, Any] = {}
+        for axis, values in zip(axes, combo):
+            point.update(zip(axis.params, values))
+        out.append(point)
+    return out
+
+
+def expand(spec: Spec) -> list[Run]:
+    """All runs of ``spec``; raises SpecError on invalid configs or colliding directories."""
+    assert spec.experiment is not None
+    defaults = spec.experiment.defaults()
+    runs: list[Run] = []
+    where: dict[str, str] = {}  # rel_dir -> description, to report collisions
+    group_names: dict[str, dict[str, Any]] = {}
+    checked: set[str] = set()
+    for gpoint in _points(spec.group_axes):
+        group = _format(spec.group_template, {**defaults, **spec.fixed, **gpoint}, spec, "group")
+        if group in group_names and group_names[group] != gpoint:
+            raise SpecError(spec.file, "group", f"group points {group_names[group]} and {gpoint} both give "
+                                                f"group name {group!r}; use their parameters in the template")
+        group_names[group] = gpoint
+        for task, ipoint in enumerate(_points(spec.inner_axes)):
+            params = {**gpoint, **ipoint}
+            base = {**defaults, **spec.fixed, **params}
+            for seed in spec.seeds:
+                config = {**base, "seed": seed}
+                key = run_key(spec.experiment_name, config)
+                ckey = json.dumps(config, sort_keys=True)
+                if ckey not in checked:  # seeds rarely matter to check(); still check each config once
+                    checked.add(ckey)
+                    problems = spec.experiment.check(config)
+                    if problems:
+                        raise SpecError(spec.file, _source(problems[0], spec),
+                                        f"{problems[0]} (group {group}, task {task}, seed {seed})")
+                fields = {**config, "task": task, "seed": seed, "group": group, "run_key": key}
+                rel = _format(spec.path_template, fields, spec, "path")
+                desc = f"group {group} task {task} seed {seed}"
+                if rel in where:
+                    raise SpecError(spec.file, "path", f"template collides: {where[rel]} and {desc} both map "
+                                                       f"to {rel!r}")
+                where[rel] = desc
+                runs.append(Run(spec=spec.name, experiment=spec.experiment_name, group=group, task=task,
+                                seed=seed, rel_dir=rel, run_key=key, config=config, params=params))
+    return runs
+
+
+def _format(template: str, fields: dict[str, Any], spec: Spec, key: str) -> str:
+    try:
+        return template.format(**fields)
+    except (KeyError, ValueError, IndexError, TypeError) as e:
+        raise SpecError(spec.file, key, f"cannot fill template {template!r}: {e}") from None
+
+
+def _source(problem: str, spec: Spec) -> str:
+    """The key path that sets the parameter a problem names (``"K: ..."`` -> ``axes[0]``)."""
+    name = problem.split(":", 1)[0].strip()
+    if name in spec.fixed:
+        return f"fixed.{name}"
+    for i, a in enumerate(spec.axes):
+        if name in a.params:
+            return f"axes[{i}]"
+    return name
+
+
+def parse_only(expr: str | None, runs: list[Run], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``'n_layers=1,use_mlp=false'`` -> ``{'n_layers': 1, 'use_mlp': False}`` (values read as YAML)."""
+    if not expr:
+        return {}
+    known = set(runs[0].config) | {"group", "task", "seed"} if runs else set()
+    out: dict[str, Any] = {}
+    for part in expr.split(","):
+        if "=" not in part:
+            raise UserError(f"--only: {part!r} is not name=value")
+        k, v = (x.strip() for x in part.split("=", 1))
+        if known and k not in known:
+            raise UserError(f"--only: unknown parameter {k!r}")
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k] = v
+    return out
+
+
+def select(runs: list[Run], only: dict[str, Any]) -> list[Run]:
+    def match(r: Run) -> bool:
+        fields = {**r.config, "group": r.group, "task": r.task, "seed": r.seed}
+        return all(fields.get(k) == v for k, v in only.items())
+
+    return [r for r in runs if match(r)] if only else list(runs)
