@@ -24,9 +24,26 @@ from launch.errors import UserError
 CLUSTERS = ["slurm", "local"]
 
 
+# harness commands that import torch live in their own modules, loaded on use
+LAZY_COMMANDS = {"verify": "launch.verify:verify_command"}
+
+
+class _LazyEntry:
+    def __init__(self, target: str):
+        self.target = target
+
+    def load(self) -> Any:
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
 class SweepGroup(click.Group):
     def _plugins(self) -> dict[str, Any]:
-        return {ep.name: ep for ep in entry_points(group="sweep.commands")}
+        found: dict[str, Any] = {name: _LazyEntry(t) for name, t in LAZY_COMMANDS.items()}
+        found.update({ep.name: ep for ep in entry_points(group="sweep.commands")})
+        return found
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))

@@ -62,6 +62,10 @@ def run_one(root: Path, rel_dir: str) -> bool:
     state = store.state(rel_dir)
     if state.get("state") == st.COMPLETED:
         return True
+    if state.get("state") == st.RUNNING:
+        # the last attempt died without a word (scontrol requeue, node failure, SIGKILL):
+        # this start is a requeue too
+        state = store.update_state(rel_dir, state=st.REQUEUED, requeues=state.get("requeues", 0) + 1)
     max_requeues = int(info.get("max_requeues", 5))
     if state.get("requeues", 0) > max_requeues:
         store.update_state(rel_dir, state=st.FAILED, ended_at=time.time(),
