@@ -1,0 +1,131 @@
+"""The harness end to end on the local executor, with the noop experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from launch.store import Store
+from tests.helpers import sweep, tree_snapshot, wait_for
+
+SPEC = """
+experiment: noop
+group: "g{x}"
+path: "noop/{group}/task_{task:04d}/seed{seed}"
+fixed: {steps: 4, step_sleep_s: 0.2}
+axes:
+  - {x: [0, 1], group: true}
+  - {label: [a, b]}
+  - {fail_at_step: [-1, 2]}
+seeds: [1, 2]
+"""
+
+
+def status_json(spec: Path, root: Path) -> dict:
+    return json.loads(sweep("status", spec, "--root", root, "--json", "-v").stdout)
+
+
+def done(spec: Path, root: Path) -> dict | None:
+    c = status_json(spec, root)["counts"]["spec"]
+    return c if c["pending"] == 0 and c["running"] == 0 and c["not_submitted"] == 0 else None
+
+
+def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    root = tmp_path / "tree"
+
+    # dry run: prints the plan, writes nothing
+    before = tree_snapshot(tmp_path)
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--dry-run").stdout
+    assert "would submit 16 runs as 16 jobs" in out
+    assert tree_snapshot(tmp_path) == before
+
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2").stdout
+    assert "submitted 16 runs" in out
+    counts = wait_for(lambda: done(spec, root), timeout=180, what="16 local runs to finish")
+    # half the tasks fail at step 2 on purpose
+    assert counts["completed"] == 8 and counts["failed"] == 8
+    rows = status_json(spec, root)["runs"]
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert all("failing at step 2" in r["reason"] for r in failed)
+    assert {r["task"] for r in failed} == {1, 3}
+
+    # at most 2 runs at once: the attempt intervals never overlap more than twice
+    store = Store(root)
+    spans = []
+    for r in rows:
+        st = json.loads((store.run_dir(r["rel_dir"]) / "state.json").read_text())
+        spans.append((st["attempt_started_at"], st["ended_at"]))
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    live = peak = 0
+    for _, d in events:
+        live += d
+        peak = max(peak, live)
+    assert peak <= 2
+
+    # relaunch submits nothing that completed, and not the failed ones without --retry-failed
+    out = sweep("launch", spec, "--cluster", "local", "--root", root).stdout
+    assert "nothing to submit" in out and "8 completed" in out and "8 failed" in out
+
+    # a completed run's files are untouched by the relaunch
+    completed_dir = store.run_dir(next(r["rel_dir"] for r in rows if r["state"] == "completed"))
+    snap = tree_snapshot(completed_dir)
+
+    # fix the failing configuration? no: retry resubmits exactly the failed ones (they fail again)
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--retry-failed",
+                "--only", "fail_at_step=2,x=0").stdout
+    assert "submitted 4 runs" in out
+    wait_for(lambda: done(spec, root), timeout=120, what="retried runs")
+    attempts = [json.loads((store.run_dir(r["rel_dir"]) / "state.json").read_text())["attempts"]
+                for r in rows if r["state"] == "failed"]
+    assert sorted(attempts) == [1] * 4 + [2] * 4
+    assert tree_snapshot(completed_dir) == snap
+
+    # collect: one row per metrics record of the completed runs; failed ones listed and skipped
+    p = sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    assert "skipped 8 runs (not completed (failed))" in p.stderr
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert df["run_key"].nunique() == 8
+    # noop logs 1 train + 2 val records per step, 4 steps
+    assert len(df) == 8 * 4 * 3
+    assert set(df["split"]) == {"train", "val"}
+    assert set(df.loc[df.split == "val", "length"]) == {1, 2}
+    assert df["length"].dtype == "Int64"
+    for col in ("spec", "group", "task", "seed", "job_id", "host", "started_at", "ended_at", "wall_s",
+                "git_commit", "x", "label", "steps", "value", "loss", "accuracy"):
+        assert col in df.columns, col
+    # the metric matches what the run wrote
+    one = df[(df.split == "train") & (df.step == 4)].iloc[0]
+    recs = [json.loads(x) for x in (root / one.run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in recs if r["split"] == "train" and r["step"] == 4][0]
+    assert one["value"] == last["metrics"]["value"]
+
+    # DuckDB reads it too
+    import duckdb
+
+    n = duckdb.sql(f"select count(distinct run_key) from '{tmp_path / 'r.parquet'}'").fetchall()[0][0]
+    assert n == 8
+
+
+def test_manifest_refuses_renumbering(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    # inserting a value at the front renumbers tasks: refused, naming the tasks
+    spec.write_text(spec.read_text().replace("label: [a, b]", "label: [z, a, b]"))
+    before = tree_snapshot(root)
+    p = sweep("launch", spec, "--cluster", "local", "--root", root, check=False)
+    assert p.returncode == 2
+    assert "would change runs already launched" in p.stderr and "task_0000" in p.stderr
+    assert "(label)" in p.stderr
+    assert tree_snapshot(root) == before
+    # appending a value keeps the old numbering: accepted, only the new runs are submitted
+    spec.write_text(spec.read_text().replace("label: [z, a, b]", "label: [a, b, c]"))
+    out = sweep("launch", spec, "--cluster", "local", "--root", root).stdout
+    assert "submitted 4 runs" in out and "8 completed" in out
