@@ -1,0 +1,113 @@
+"""``sweep plot`` and ``sweep summary``: from the ``sweep collect`` Parquet table to figures and tables.
+
+Both print what a partial sweep is missing on stderr (``note: ...``) and carry on. Bad
+input (not Parquet, missing columns, a --step or --only that selects nothing) is one
+``error: ...`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launch.errors import UserError
+
+
+def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into one line on stderr and exit code 2 (also under CliRunner,
+    where no outer ``sweep`` CLI catches it)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(e.exit_code) from None
+
+    return wrapper
+
+
+def print_notes(notes: list[str], limit: int = 30) -> None:
+    for note in notes[:limit]:
+        click.echo(f"note: {note}", err=True)
+    if len(notes) > limit:
+        click.echo(f"note: ... and {len(notes) - limit} more", err=True)
+
+
+@click.command("plot")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("plots"),
+              show_default=True, help="Folder for the PNG figures and the CSV beside each.")
+@click.option("--step", type=int, default=None,
+              help="Use the evaluation at this step instead of each run's final checkpoint.")
+@click.option("--only", default=None, metavar="EXPR",
+              help="Plot only runs matching EXPR, e.g. 'n_layers=1,use_mlp=false' (a=1|2 for either value; "
+                   "also length_config=fixed|mix|curriculum, train_k=K).")
+@user_errors_exit_2
+def plot_command(results: Path, out_dir: Path, step: int | None, only: str | None) -> None:
+    """Render the figures of a sweep from RESULTS.parquet (written by `sweep collect`)."""
+    from analysis.plots import plot_results  # matplotlib is imported only when plotting
+
+    written, notes = plot_results(results, out_dir, step=step, only=only)
+    print_notes(notes)
+    pngs = [p for p in written if p.suffix == ".png"]
+    click.echo(f"wrote {len(pngs)} figures (PNG + CSV each) to {out_dir}/")
+    for png in pngs:
+        click.echo(f"  {png.name}")
+
+
+@click.command("summary")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "csv"]), default="md", show_default=True)
+@click.option("--step", type=int, default=None,
+              help="Use the evaluation at this step instead of each run's final checkpoint.")
+@click.option("--experiment", type=click.Choice(["sortgpt", "coconut"]), default=None,
+              help="Which family to summarise when RESULTS holds both (needed for --format csv).")
+@user_errors_exit_2
+def summary_command(results: Path, fmt: str, step: int | None, experiment: str | None) -> None:
+    """Print the table researchers quote: OOD exact match per configuration and train K
+    (sortgpt), best validation epoch per feedback mode (coconut)."""
+    from analysis.load import families_in, family_frame, missing_notes, read_results
+    from analysis.summary import (
+        coconut_best_epochs,
+        coconut_markdown,
+        coconut_run_epochs,
+        smallest_train_k,
+        sortgpt_cells,
+        sortgpt_csv,
+        sortgpt_markdown,
+        sortgpt_run_scores,
+    )
+
+    frame = read_results(results)
+    families = families_in(frame)
+    if experiment is not None:
+        if experiment not in families:
+            raise UserError(f"{results}: no {experiment} records")
+        families = [experiment]
+    if not families:
+        raise UserError(f"{results}: no sortgpt or coconut records")
+    if fmt == "csv" and len(families) > 1:
+        raise UserError(f"{results}: holds {' and '.join(families)} results; choose one with --experiment for csv")
+    notes: list[str] = []
+    texts = []
+    for family in families:
+        rows = family_frame(frame, family, results)
+        notes += missing_notes(rows, family, step)
+        if family == "sortgpt":
+            scores, more = sortgpt_run_scores(rows, step)
+            notes += more
+            cells = sortgpt_cells(scores)
+            thresholds = smallest_train_k(cells)
+            label = "final checkpoint of each run" if step is None else f"step {step}"
+            texts.append(sortgpt_csv(cells, thresholds) if fmt == "csv" else sortgpt_markdown(cells, thresholds, label))
+        else:
+            best = coconut_best_epochs(coconut_run_epochs(rows))
+            texts.append(best.to_csv(index=False) if fmt == "csv" else coconut_markdown(best))
+    print_notes(notes)
+    click.echo("\n".join(texts), nl=False)

@@ -1,0 +1,211 @@
+"""Read the ``sweep collect`` Parquet table and bring it into the shape the figures need.
+
+The table has one row per metrics record (schema in the project brief). Everything here
+is family-neutral except the small column lists in ``FAMILY_COLUMNS`` and the derived
+sortgpt columns in ``sortgpt_frame``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from launch.errors import UserError
+
+# Columns every family needs: identity of a run, its state, and where each record sits.
+COMMON_COLUMNS = ("experiment", "spec", "group", "task", "seed", "run_key", "run_dir", "state",
+                  "step", "split", "length", "time")
+# Config and metric columns the figures of each family read.
+FAMILY_COLUMNS = {
+    "sortgpt": ("n_layers", "use_mlp", "use_layernorm", "length_mode", "train_min_k", "train_max_k",
+                "exact_match_acc", "loss"),
+    "coconut": ("feedback_mode", "epochs_per_stage", "accuracy", "loss"),
+}
+FAMILIES = tuple(FAMILY_COLUMNS)
+# (bool columns, int columns) of each family's config.
+TYPED_COLUMNS = {
+    "sortgpt": (("use_mlp", "use_layernorm", "no_pos_emb"), ("n_layers", "train_min_k", "train_max_k")),
+    "coconut": (("pad_latent_to_max",), ("epochs_per_stage", "max_latent_stage", "num_epochs")),
+}
+# The identity of one metrics record: a rerun that logs the same record again must not count twice.
+RECORD_KEY = ["run_key", "step", "split", "length"]
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """The records of ``path``, one row per (run, step, split, length).
+
+    Raises UserError (one line naming the file) when the file is missing, not Parquet,
+    empty, or lacks a column every family needs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError):
+        raise UserError(f"{path}: not a Parquet file") from None
+    frame = table.to_pandas()
+    require_columns(frame, COMMON_COLUMNS, path)
+    if frame.empty:
+        raise UserError(f"{path}: holds no records")
+    return drop_rerun_duplicates(frame)
+
+
+def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, family: str = "") -> None:
+    missing = [col for col in columns if col not in frame.columns and f"metric_{col}" not in frame.columns]
+    if missing:
+        need = f" (needed for {family} results)" if family else ""
+        names = ", ".join(repr(col) for col in missing)
+        raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names}{need}")
+
+
+def drop_rerun_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Merge the rows that share a record key: the latest non-missing value of each column wins.
+
+    A rerun (requeue, resume past the last checkpoint) can log a record a second time;
+    keeping one row per (run, step, split, length) is what keeps means and counts honest.
+    ``groupby.last`` skips NaN, so two records of one step with different metrics merge.
+    """
+    if not frame.duplicated(RECORD_KEY).any():
+        return frame.reset_index(drop=True)
+    ordered = frame.sort_values("time", kind="stable")
+    merged = ordered.groupby(RECORD_KEY, dropna=False, sort=False).last().reset_index()
+    return merged[frame.columns].astype(frame.dtypes.to_dict())
+
+
+def metric_column(frame: pd.DataFrame, name: str) -> str:
+    """The column holding metric ``name``: collect renames it ``metric_<name>`` when the
+    plain name is already a config or provenance column."""
+    return f"metric_{name}" if f"metric_{name}" in frame.columns else name
+
+
+def families_in(frame: pd.DataFrame) -> list[str]:
+    return [family for family in FAMILIES if (frame["experiment"] == family).any()]
+
+
+def family_frame(frame: pd.DataFrame, family: str, path: Path) -> pd.DataFrame:
+    """The rows of one experiment family, with its columns checked and typed."""
+    rows = frame[frame["experiment"] == family].copy()
+    require_columns(rows, FAMILY_COLUMNS[family], path, family)
+    # A table holding several families has NaN in the other family's config columns,
+    # which turns bool and int columns into object/float; restore them on our rows.
+    bools, ints = TYPED_COLUMNS[family]
+    for name in bools + ints + ("step",):
+        if name in rows.columns and rows[name].notna().all():
+            rows[name] = rows[name].astype(bool if name in bools else "int64")
+    if family == "sortgpt":
+        rows = with_sortgpt_columns(rows)
+    return rows.reset_index(drop=True)
+
+
+def with_sortgpt_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add ``train_k`` (largest training length) and ``length_config``: fixed when
+    train_min_k == train_max_k, else the length_mode (mix | curriculum)."""
+    rows["train_k"] = rows["train_max_k"]
+    rows["length_config"] = rows["length_mode"].astype(str).where(
+        rows["train_min_k"] != rows["train_max_k"], "fixed")
+    return rows
+
+
+def run_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its provenance and config (taken from its latest record) and its last step."""
+    ordered = rows.sort_values("time", kind="stable")
+    runs = ordered.groupby("run_key", sort=False).last()
+    runs["last_step"] = rows.groupby("run_key")["step"].max()
+    return runs.reset_index()
+
+
+# -- choosing the step ----------------------------------------------------------------
+
+def at_step(rows: pd.DataFrame, splits: tuple[str, ...], step: int | None) -> tuple[pd.DataFrame, list[str]]:
+    """The records of ``splits`` at one step per run: each run's last step holding such a
+    record (its final checkpoint), or ``step`` when given. Returns them and notes about the
+    runs that have no record at ``step``."""
+    evals = rows[rows["split"].isin(splits)]
+    if step is None:
+        last = evals.groupby("run_key")["step"].transform("max")
+        return evals[evals["step"] == last], []
+    chosen = evals[evals["step"] == step]
+    if chosen.empty:
+        available = sorted(evals["step"].unique())
+        shown = ", ".join(str(s) for s in available[:20]) + (" …" if len(available) > 20 else "")
+        raise UserError(f"--step {step}: no {'/'.join(splits)} records at that step (steps with them: {shown})")
+    notes = []
+    for run_key in sorted(set(evals["run_key"]) - set(chosen["run_key"])):
+        run_dir = evals.loc[evals["run_key"] == run_key, "run_dir"].iloc[0]
+        notes.append(f"{run_dir}: no {'/'.join(splits)} record at step {step}; left out")
+    return chosen, notes
+
+
+# -- what a partial sweep is missing ---------------------------------------------------
+
+def missing_notes(rows: pd.DataFrame, family: str, step: int | None = None) -> list[str]:
+    """Say what is missing from a partial sweep: runs not completed, runs behind the
+    others of their group, and (spec, group, task, seed) combinations with no records at
+    all — inferred, since every group of a spec has the same tasks and seeds."""
+    runs = run_table(rows)
+    notes = []
+    group_last = runs.groupby(["spec", "group"])["last_step"].transform("max")
+    for run, group_max in zip(runs.itertuples(), group_last, strict=True):
+        problems = []
+        if run.state != "completed":
+            problems.append(f"state {run.state}")
+        if run.last_step < group_max:
+            problems.append(f"last step {run.last_step} < {group_max} reached in group {run.group}")
+        if problems:
+            using = f"; using its last step ({run.last_step})" if step is None else ""
+            notes.append(f"{family} run {run.run_dir}: {', '.join(problems)}{using}")
+    for spec, spec_runs in runs.groupby("spec"):
+        present = set(zip(spec_runs["group"], spec_runs["task"], spec_runs["seed"], strict=True))
+        expected = {(g, t, s) for g in spec_runs["group"].unique() for t in spec_runs["task"].unique()
+                    for s in spec_runs["seed"].unique()}
+        for group, task, seed in sorted(expected - present):
+            notes.append(f"{family} spec {spec}: no records for group {group} task {task} seed {seed}")
+    return notes
+
+
+# -- --only selections -----------------------------------------------------------------
+
+def parse_only(expr: str) -> list[tuple[str, list[str]]]:
+    """``'n_layers=1,use_mlp=false'`` -> [('n_layers', ['1']), ('use_mlp', ['false'])].
+    ``a=1|2`` accepts either value."""
+    terms = []
+    for part in expr.split(","):
+        if not part.strip():
+            continue
+        name, sep, values = part.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise UserError(f"--only {expr!r}: {part.strip()!r} is not NAME=VALUE")
+        terms.append((name.strip(), [v.strip() for v in values.split("|")]))
+    if not terms:
+        raise UserError(f"--only {expr!r}: empty selection")
+    return terms
+
+
+def apply_only(rows: pd.DataFrame, expr: str) -> pd.DataFrame:
+    """The rows matching every term of ``expr``; values compare in the column's type."""
+    keep = pd.Series(True, index=rows.index)
+    for name, values in parse_only(expr):
+        if name not in rows.columns:
+            raise UserError(f"--only: no column {name!r} in the results")
+        column = rows[name]
+        keep &= column.isin([_typed(value, column, name) for value in values])
+    return rows[keep]
+
+
+def _typed(value: str, column: pd.Series, name: str) -> object:
+    if pd.api.types.is_bool_dtype(column):
+        lowered = value.lower()
+        if lowered not in ("true", "false", "1", "0"):
+            raise UserError(f"--only: {name} is true/false, not {value!r}")
+        return lowered in ("true", "1")
+    if pd.api.types.is_numeric_dtype(column):
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"--only: {name} is a number, not {value!r}") from None
+        return int(number) if number.is_integer() and pd.api.types.is_integer_dtype(column) else number
+    return value

@@ -1,0 +1,182 @@
+"""The numbers researchers quote: per-run scores, per-configuration means, thresholds.
+
+sortgpt: the OOD exact match of a run is the mean over its out-of-distribution lengths
+(split ``gen``) of ``exact_match_acc`` at the chosen step (its final checkpoint by
+default). Cells are (architecture, length configuration, train K); ``n_runs`` counts
+distinct runs, never rows.
+
+coconut: the best validation epoch of each run, and its final validation accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.load import at_step, metric_column, run_table
+
+ARCH_COLUMNS = ["n_layers", "use_mlp", "use_layernorm"]
+CONFIG_ORDER = ["fixed", "mix", "curriculum"]
+THRESHOLD = 0.95  # "reaches" = mean OOD exact match of the cell >= 95 %
+
+
+def arch_columns(rows: pd.DataFrame) -> list[str]:
+    """Architecture = layers, MLP, LayerNorm; plus no_pos_emb when the sweep varies it."""
+    extra = ["no_pos_emb"] if "no_pos_emb" in rows.columns and rows["no_pos_emb"].nunique() > 1 else []
+    return ARCH_COLUMNS + extra
+
+
+def cell_columns(rows: pd.DataFrame) -> list[str]:
+    return arch_columns(rows) + ["length_config", "train_k"]
+
+
+# -- sortgpt -------------------------------------------------------------------------
+
+def sortgpt_run_scores(rows: pd.DataFrame, step: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run: its cell, the step used, and its mean ID and OOD exact match."""
+    evals, notes = at_step(rows, ("test", "gen"), step)
+    exact = metric_column(rows, "exact_match_acc")
+    scores = evals.pivot_table(index="run_key", columns="split", values=exact, aggfunc="mean")
+    scores = scores.rename(columns={"test": "id_exact_match", "gen": "ood_exact_match"})
+    for name in ("id_exact_match", "ood_exact_match"):
+        if name not in scores:
+            scores[name] = float("nan")
+    scores["step"] = evals.groupby("run_key")["step"].max()
+    runs = run_table(rows).set_index("run_key")
+    keep = ["run_dir", "seed", "state"] + cell_columns(rows)
+    table = runs[keep].join(scores[["step", "id_exact_match", "ood_exact_match"]], how="inner")
+    return order_cells(table.reset_index(), cell_columns(rows)), notes
+
+
+def sortgpt_cells(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: OOD exact match mean and std over runs (std of one run is NaN) and n_runs."""
+    keys = [c for c in cell_columns(scores)]
+    scored = scores.dropna(subset=["ood_exact_match"])
+    cells = scored.groupby(keys, sort=False).agg(
+        ood_exact_match_mean=("ood_exact_match", "mean"),
+        ood_exact_match_std=("ood_exact_match", "std"),
+        id_exact_match_mean=("id_exact_match", "mean"),
+        n_runs=("run_key", "nunique"),
+    )
+    return order_cells(cells.reset_index(), keys)
+
+
+def smallest_train_k(cells: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """Per (architecture, configuration): the smallest train K whose mean OOD exact match
+    reaches ``threshold``, or ``never``."""
+    keys = arch_columns(cells) + ["length_config"]
+    rows = []
+    for key, cell in cells.groupby(keys, sort=False):
+        reached = cell.loc[cell["ood_exact_match_mean"] >= threshold, "train_k"]
+        rows.append(dict(zip(keys, key, strict=True)) | {
+            "min_train_k_95": str(int(reached.min())) if len(reached) else "never"})
+    return order_cells(pd.DataFrame(rows, columns=keys + ["min_train_k_95"]), keys)
+
+
+def order_cells(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Sort by architecture, then fixed/mix/curriculum, then train K."""
+    order = {name: i for i, name in enumerate(CONFIG_ORDER)}
+    return table.sort_values(
+        keys, key=lambda col: col.map(lambda v: order.get(v, len(order))) if col.name == "length_config" else col,
+        kind="stable").reset_index(drop=True)
+
+
+# -- coconut -------------------------------------------------------------------------
+
+def coconut_run_epochs(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: best validation accuracy, the epoch it came at, and the final one."""
+    accuracy = metric_column(rows, "accuracy")
+    val = rows[(rows["split"] == "val") & rows[accuracy].notna()].sort_values(["run_key", "step"])
+    table = []
+    for run_key, run in val.groupby("run_key", sort=False):
+        best = run.loc[run[accuracy].idxmax()]  # first epoch with the top accuracy
+        last = run.iloc[-1]
+        table.append({"run_key": run_key, "run_dir": last["run_dir"], "feedback_mode": last["feedback_mode"],
+                      "seed": int(last["seed"]), "best_epoch": int(best["step"]),
+                      "best_val_accuracy": float(best[accuracy]), "final_epoch": int(last["step"]),
+                      "final_val_accuracy": float(last[accuracy])})
+    return pd.DataFrame(table, columns=["run_key", "run_dir", "feedback_mode", "seed", "best_epoch",
+                                        "best_val_accuracy", "final_epoch", "final_val_accuracy"])
+
+
+def coconut_best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per feedback mode: best validation accuracy and best epoch, mean and std over runs."""
+    table = runs.groupby("feedback_mode", sort=False).agg(
+        best_val_accuracy_mean=("best_val_accuracy", "mean"),
+        best_val_accuracy_std=("best_val_accuracy", "std"),
+        best_epoch_mean=("best_epoch", "mean"),
+        final_val_accuracy_mean=("final_val_accuracy", "mean"),
+        n_runs=("run_key", "nunique"),
+    ).reset_index()
+    return table.sort_values("feedback_mode", key=lambda col: col.map(mode_rank), kind="stable").reset_index(drop=True)
+
+
+FEEDBACK_MODES = ["continuous", "frozen", "learned_shared", "pause_curriculum", "pause_multipass", "cot", "no_cot"]
+
+
+def mode_rank(mode: str) -> int:
+    return FEEDBACK_MODES.index(mode) if mode in FEEDBACK_MODES else len(FEEDBACK_MODES)
+
+
+# -- text output ---------------------------------------------------------------------
+
+def mean_std(mean: float, std: float, percent: bool = True) -> str:
+    """``97.5 ± 1.2 %``; the std of a single run is unknown, shown as ``± n/a``."""
+    if math.isnan(mean):
+        return "n/a"
+    scale, unit = (100.0, " %") if percent else (1.0, "")
+    spread = "n/a" if math.isnan(std) else f"{scale * std:.1f}"
+    return f"{scale * mean:.1f} ± {spread}{unit}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(_cell_text(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _cell_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def sortgpt_markdown(cells: pd.DataFrame, thresholds: pd.DataFrame, step_label: str) -> str:
+    arch = arch_columns(cells)
+    shown = cells[arch + ["length_config", "train_k"]].rename(columns=_HEADINGS).copy()
+    shown["OOD exact match (mean ± std)"] = [
+        mean_std(m, s) for m, s in zip(cells["ood_exact_match_mean"], cells["ood_exact_match_std"], strict=True)]
+    shown["n_runs"] = cells["n_runs"]
+    reach = thresholds.rename(columns=_HEADINGS | {"min_train_k_95": "smallest train K ≥ 95 %"})
+    return "\n".join([
+        f"## sortgpt: out-of-distribution exact match ({step_label})", "", markdown_table(shown), "",
+        f"## sortgpt: smallest train K whose mean OOD exact match reaches {THRESHOLD:.0%}", "",
+        markdown_table(reach), ""])
+
+
+def coconut_markdown(best: pd.DataFrame) -> str:
+    shown = pd.DataFrame({
+        "feedback mode": best["feedback_mode"],
+        "best val accuracy (mean ± std)": [mean_std(m, s) for m, s in
+                                           zip(best["best_val_accuracy_mean"], best["best_val_accuracy_std"],
+                                               strict=True)],
+        "best epoch (mean)": best["best_epoch_mean"].map(lambda v: f"{v:.1f}"),
+        "final val accuracy (mean)": best["final_val_accuracy_mean"].map(lambda v: f"{100 * v:.1f} %"),
+        "n_runs": best["n_runs"],
+    })
+    return "\n".join(["## coconut: best validation epoch per feedback mode", "", markdown_table(shown), ""])
+
+
+_HEADINGS = {"n_layers": "layers", "use_mlp": "MLP", "use_layernorm": "LayerNorm", "no_pos_emb": "no pos. emb.",
+             "length_config": "length config", "train_k": "train K"}
+
+
+def sortgpt_csv(cells: pd.DataFrame, thresholds: pd.DataFrame) -> str:
+    """One flat CSV: each cell row also carries its (architecture, configuration) threshold."""
+    keys = arch_columns(cells) + ["length_config"]
+    table = cells.merge(thresholds, on=keys, how="left")
+    return table.to_csv(index=False)
