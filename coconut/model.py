@@ -1,0 +1,215 @@
+"""The COCONUT wrapper around GPT-2, with its feedback modes.
+
+At a latent position p the model does not read a token embedding: it reads a *thought*.
+
+* ``continuous`` (COCONUT): the thought is the last-layer hidden state at p-1 (after the final LayerNorm,
+  like ``hidden_states[-1]`` in transformers). That makes the forward pass sequential: pass 0 runs up to
+  the first latent, each following pass computes one more position on top of the KV cache, and a last
+  pass covers the rest. Gradients flow through every pass, the cache included.
+* ``frozen``: every thought is one fixed vector (a buffer, no gradient) initialised from ``<|latent|>``.
+* ``learned_shared``: one learnable vector (``pause_embedding``) initialised from ``<|latent|>``,
+  computed with the multi-pass loop.
+* ``pause_curriculum``: the same learnable vector, in a single causal forward pass.
+* ``pause_multipass``: exactly pause_curriculum, computed with the multi-pass loop — the compute-matched
+  control. For input-independent thoughts the loop computes the same function as one causal pass
+  (``tests/coconut/test_model.py`` checks loss and gradients agree). ``learned_shared`` and
+  ``pause_multipass`` are the same computation under two names (the issue lists both).
+* ``cot`` / ``no_cot``: the baselines; they never see a latent and, as in the reference, the three extra
+  tokens are not added to their vocabulary.
+
+Differences from Meta's ``coconut.py`` (same function, less work): the thought is written into a (B, 1, D)
+input for the next pass instead of rebuilding the whole (B, T, D) embedding tensor per pass; logits are
+computed only where a label is scored (the loss is the same mean over scored tokens); generation is
+batched with a KV cache (``coconut/reference.py`` keeps the one-at-a-time, no-cache version the tests
+compare against).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coconut.data import IGNORE, SpecialIds
+from launch.errors import UserError
+
+FEEDBACK_MODES = ("continuous", "frozen", "learned_shared", "pause_curriculum", "pause_multipass", "cot", "no_cot")
+PAUSE_MODES = ("frozen", "learned_shared", "pause_curriculum", "pause_multipass")
+BASELINES = ("cot", "no_cot")
+MODEL_NAMES = {
+    "continuous": "coconut", "frozen": "pause-frozen", "learned_shared": "pause-learned",
+    "pause_curriculum": "pause-curriculum", "pause_multipass": "pause-multipass", "cot": "cot", "no_cot": "no-cot",
+}
+INIT_TOKEN = "<<"  # the new tokens start as a copy of this token's embedding (as in run.py)
+
+# A thought transform gets the (B, D) thoughts about to enter latent number ``i`` and returns new ones
+# (the corruption test swaps in random vectors; a test detaches them to show gradients flow).
+ThoughtFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class ModelConfig:
+    feedback_mode: str = "continuous"
+    base_model: str = ""   # "" -> the inline GPT-2 config below, from scratch; else from_pretrained(id or path)
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    n_positions: int = 1024
+    dropout: float = 0.1   # GPT-2's default resid/embd/attn dropout (the reference trains with it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_base_model(cfg: ModelConfig, tok: Any) -> Any:
+    """GPT2LMHeadModel: pretrained weights, or a fresh one from the inline config (seeded by the caller)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if cfg.base_model:
+        try:
+            model = GPT2LMHeadModel.from_pretrained(cfg.base_model)
+        except (OSError, ValueError) as e:
+            raise UserError(f"base_model: cannot load {cfg.base_model!r} ({str(e).splitlines()[0]})") from None
+    else:
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=tok.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+        ))
+    if cfg.feedback_mode not in BASELINES:
+        # New tokens start as "<<" — it stabilises training (run.py). Input and output embeddings are tied.
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+        emb = model.get_input_embeddings().weight
+        with torch.no_grad():
+            emb[len(tok) - 3:] = emb[tok.convert_tokens_to_ids(INIT_TOKEN)]
+    return model
+
+
+class Coconut(nn.Module):
+    def __init__(self, base_causallm: Any, feedback_mode: str, ids: SpecialIds):
+        super().__init__()
+        if feedback_mode not in FEEDBACK_MODES:
+            raise UserError(f"feedback_mode: {feedback_mode!r} is not one of {', '.join(FEEDBACK_MODES)}")
+        self.base_causallm = base_causallm
+        self.feedback_mode = feedback_mode
+        self.ids = ids
+        if feedback_mode in PAUSE_MODES:
+            init = base_causallm.get_input_embeddings().weight[ids.latent].detach().clone()
+            if feedback_mode == "frozen":
+                self.register_buffer("pause_embedding", init)
+            else:
+                self.pause_embedding = nn.Parameter(init)
+
+    # -- the forward pass -----------------------------------------------------------------------------
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        thought_fn: ThoughtFn | None = None, use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """Last-layer hidden states (B, T, D) with thoughts at the latent positions, and the KV cache.
+        Rows holding latents must have them in the same columns first..first+n-1 (see data.collate)."""
+        transformer = self.base_causallm.transformer
+        embeds = transformer.wte(input_ids)
+        is_latent = input_ids == self.ids.latent
+        n_latent = int(is_latent.sum(1).max()) if is_latent.any() else 0
+        if n_latent == 0:
+            out = transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
+            return out.last_hidden_state, out.past_key_values
+        first = int(is_latent.int().argmax(1)[is_latent.any(1)].min())
+        self._check_aligned(is_latent, first, n_latent)
+
+        if self.feedback_mode == "pause_curriculum":  # thoughts do not depend on the input: one pass
+            cols = []
+            for i in range(n_latent):
+                thought = self._pause(embeds.shape[0], thought_fn, i)
+                cols.append(torch.where(is_latent[:, first + i, None], thought, embeds[:, first + i]))
+            embeds = torch.cat([embeds[:, :first], torch.stack(cols, 1), embeds[:, first + n_latent:]], 1)
+            out = transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=use_cache)
+            return out.last_hidden_state, out.past_key_values
+
+        # Multi-pass: pass 0 up to the first latent, one position per pass, then the rest.
+        out = transformer(inputs_embeds=embeds[:, :first], attention_mask=attention_mask[:, :first],
+                          position_ids=position_ids[:, :first], use_cache=True)
+        chunks, cache = [out.last_hidden_state], out.past_key_values
+        for i in range(n_latent):
+            p = first + i
+            if self.feedback_mode == "continuous":
+                thought = chunks[-1][:, -1]  # the hidden state at p-1
+                thought = thought_fn(thought, i) if thought_fn is not None else thought
+            else:
+                thought = self._pause(embeds.shape[0], thought_fn, i)
+            x = torch.where(is_latent[:, p, None], thought, embeds[:, p])[:, None]
+            out = transformer(inputs_embeds=x, attention_mask=attention_mask[:, :p + 1],
+                              position_ids=position_ids[:, p:p + 1], past_key_values=cache, use_cache=True)
+            chunks.append(out.last_hidden_state)
+            cache = out.past_key_values
+        rest = first + n_latent
+        if rest < input_ids.shape[1]:
+            out = transformer(inputs_embeds=embeds[:, rest:], attention_mask=attention_mask,
+                              position_ids=position_ids[:, rest:], past_key_values=cache, use_cache=True)
+            chunks.append(out.last_hidden_state)
+            cache = out.past_key_values
+        return torch.cat(chunks, 1), cache
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        labels: torch.Tensor, thought_fn: ThoughtFn | None = None,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over the scored labels (the reference's loss)."""
+        hidden, _ = self.hidden_states(input_ids, attention_mask, position_ids, thought_fn)
+        targets = labels[:, 1:]
+        scored = targets != IGNORE
+        logits = self.base_causallm.lm_head(hidden[:, :-1][scored])
+        return F.cross_entropy(logits.float(), targets[scored])
+
+    # -- generation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        max_new_tokens: int = 128, thought_fn: ThoughtFn | None = None,
+    ) -> list[list[int]]:
+        """Greedy continuation of left-padded prompts (all ending in the last column), batched with a KV
+        cache. Same tokens as the reference's one-at-a-time loop: the first token is always kept, later
+        ones until EOS (excluded) or ``max_new_tokens``."""
+        hidden, cache = self.hidden_states(input_ids, attention_mask, position_ids, thought_fn, use_cache=True)
+        lm_head = self.base_causallm.lm_head
+        next_token = lm_head(hidden[:, -1]).argmax(-1)
+        out = [[int(t)] for t in next_token]
+        done = torch.zeros(len(out), dtype=torch.bool, device=input_ids.device)
+        position = position_ids[:, -1:]
+        for _ in range(max_new_tokens - 1):
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
+            position = position + 1
+            step = self.base_causallm.transformer(input_ids=next_token[:, None], attention_mask=attention_mask,
+                                                  position_ids=position, past_key_values=cache, use_cache=True)
+            cache = step.past_key_values
+            next_token = lm_head(step.last_hidden_state[:, -1]).argmax(-1)
+            done |= next_token == self.ids.eos
+            for row in (~done).nonzero().flatten().tolist():
+                out[row].append(int(next_token[row]))
+            if done.all():
+                break
+        return out
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _pause(self, batch: int, thought_fn: ThoughtFn | None, i: int) -> torch.Tensor:
+        thought = self.pause_embedding.expand(batch, -1)
+        return thought_fn(thought, i) if thought_fn is not None else thought
+
+    @staticmethod
+    def _check_aligned(is_latent: torch.Tensor, first: int, n_latent: int) -> None:
+        counts = is_latent.sum(1)
+        cols = torch.arange(is_latent.shape[1], device=is_latent.device)
+        expected = (cols >= first) & (cols < first + counts[:, None])
+        if not torch.equal(expected, is_latent):
+            raise ValueError("latent tokens must be contiguous and start in the same column in every row "
+                             "(collate with coconut.data.collate)")
+
+
+def build_model(cfg: ModelConfig, tok: Any) -> Coconut:
+    return Coconut(build_base_model(cfg, tok), cfg.feedback_mode, SpecialIds.of(tok))

@@ -1,0 +1,142 @@
+"""The COCONUT wrapper: feedback modes, gradients, generation, state dict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from coconut.data import (
+    Curriculum,
+    SpecialIds,
+    Tokenized,
+    build_tokenizer,
+    collate,
+    collate_prompts,
+    question_example,
+    training_example,
+)
+from coconut.generate import generate_dataset
+from coconut.model import ModelConfig, build_model
+from coconut.reference import reference_generate, reference_loss
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def examples(tok) -> list[Tokenized]:
+    """Generated ProsQA examples with the question cut short, to keep the full-vocab reference cheap."""
+    data = generate_dataset(6, seed=3)
+    out = []
+    for i, ex in enumerate(data):
+        q = tok(ex["question"])["input_ids"][: 12 + 3 * i] + tok("\n")["input_ids"]
+        steps = [tok(s + "\n")["input_ids"] for s in ex["steps"]]
+        out.append(Tokenized(q, steps, tok("### " + ex["answer"])["input_ids"] + [tok.eos_token_id], i))
+    return out
+
+
+def make(tok, mode: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(feedback_mode=mode, n_layer=2, n_embd=32, n_head=2, dropout=0.0, **kw), tok)
+    return model.eval()
+
+
+def batch(tok, examples, stage: int, uniform_prob: float = 0.0, markers: bool = True):
+    ids = SpecialIds.of(tok)
+    cur = Curriculum(c_thought=2, max_latent_stage=2, uniform_prob=uniform_prob, markers=markers)
+    rng = np.random.default_rng(1)
+    return collate([training_example(t, stage, cur, ids, rng) for t in examples], ids.eos, ids.latent)
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_new_tokens_start_as_double_less_than(tok):
+    model = make(tok, "continuous")
+    emb = model.base_causallm.get_input_embeddings().weight
+    assert emb.shape[0] == 50260
+    for t in range(50257, 50260):
+        assert torch.equal(emb[t], emb[tok.convert_tokens_to_ids("<<")])
+    assert make(tok, "cot").base_causallm.get_input_embeddings().weight.shape[0] == 50257
+
+
+def test_state_dict_keys(tok):
+    for mode in ("continuous", "cot", "no_cot"):
+        assert all(k.startswith("base_causallm.") for k in make(tok, mode).state_dict())
+    for mode in ("frozen", "learned_shared", "pause_curriculum", "pause_multipass"):
+        keys = set(make(tok, mode).state_dict())
+        assert "pause_embedding" in keys and all(k.startswith("base_causallm.") for k in keys - {"pause_embedding"})
+    frozen = make(tok, "frozen")
+    assert "pause_embedding" not in dict(frozen.named_parameters())
+    assert isinstance(make(tok, "pause_curriculum").pause_embedding, torch.nn.Parameter)
+
+
+def test_pause_multipass_equals_pause_curriculum(tok, examples):
+    b = batch(tok, examples, stage=2, uniform_prob=0.5)  # mixed latent counts, left padding
+    assert len(set((b["input_ids"] == 50259).sum(1).tolist())) > 1
+    single, multi = make(tok, "pause_curriculum"), make(tok, "pause_multipass")
+    multi.load_state_dict(single.state_dict())
+    with torch.no_grad():  # a pause vector unlike any token embedding
+        single.pause_embedding.normal_()
+        multi.pause_embedding.copy_(single.pause_embedding)
+    loss_s, loss_m = single(**b), multi(**b)
+    loss_s.backward()
+    loss_m.backward()
+    torch.testing.assert_close(loss_m, loss_s, rtol=1e-5, atol=1e-6)
+    gs, gm = grads(single), grads(multi)
+    assert set(gs) == set(gm) and "pause_embedding" in gs and gs["pause_embedding"].abs().sum() > 0
+    for name in gs:
+        torch.testing.assert_close(gm[name], gs[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "frozen", "pause_curriculum", "cot"])
+def test_fast_forward_matches_reference(tok, examples, mode):
+    """Loss and gradients of the KV-cached multi-pass forward equal the from-scratch reference."""
+    b = batch(tok, examples, stage=0 if mode == "cot" else 2, uniform_prob=0.0 if mode == "cot" else 0.5,
+              markers=mode != "cot")
+    fast, ref = make(tok, mode), make(tok, mode)
+    loss_f = fast(**b)
+    loss_r = reference_loss(ref, **b)
+    loss_f.backward()
+    loss_r.backward()
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-5, atol=1e-6)
+    gf, gr = grads(fast), grads(ref)
+    for name in gr:
+        torch.testing.assert_close(gf[name], gr[name], rtol=1e-4, atol=1e-6, msg=name)
+    if mode == "frozen":
+        assert "pause_embedding" not in gf
+
+
+def test_continuous_gradients_flow_through_passes(tok, examples):
+    b = batch(tok, examples, stage=2)
+    model = make(tok, "continuous")
+    model(**b).backward()
+    through = grads(model)
+    model.zero_grad()
+    model(**b, thought_fn=lambda h, i: h.detach()).backward()  # cut the feedback path
+    cut = grads(model)
+    diff = max(float((through[n] - cut[n]).abs().max()) for n in through)
+    assert diff > 1e-4
+    # and the thought really is the previous hidden state: the loss changes when it is replaced
+    with torch.no_grad():
+        assert not torch.allclose(model(**b), model(**b, thought_fn=lambda h, i: torch.zeros_like(h)))
+
+
+@pytest.mark.parametrize("mode", ["continuous", "pause_curriculum", "no_cot"])
+def test_batched_generation_equals_one_at_a_time(tok, examples, mode):
+    ids = SpecialIds.of(tok)
+    cur = Curriculum(max_latent_stage=2, markers=mode != "no_cot", no_cot=mode == "no_cot")
+    model = make(tok, mode, seed=4)
+    with torch.no_grad():  # larger weights: outputs that depend on the context, and EOS early for some
+        for p in model.base_causallm.parameters():
+            p.mul_(4.0)
+        model.base_causallm.lm_head.weight[ids.eos] *= 1.3
+    prompts = [question_example(t, 2, cur, ids) for t in examples]
+    batched = model.generate(**collate_prompts(prompts, ids.eos), max_new_tokens=12)
+    single = [reference_generate(model, p, max_new_tokens=12) for p in prompts]
+    assert batched == single
+    assert len({tuple(s) for s in single}) > 1
