@@ -1,0 +1,154 @@
+"""The harness on a REAL single-node SLURM (launch/local-slurm.sh): job arrays,
+status from sacct, cancel, preemption/requeue with resume, requeue limits, collect.
+
+The cluster runs with MaxArraySize=5 so a small grid needs several arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from launch.store import Store, read_jobs
+from tests.helpers import sweep, wait_for
+
+pytestmark = pytest.mark.slurm
+
+GRID = """
+experiment: noop
+group: "g{x}"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {steps: 3, step_sleep_s: 0.1}
+axes:
+  - {x: [0, 1], group: true}
+  - {label: [a, b, c, d]}
+seeds: [5]
+resources: {time_min: 5, cpus: 1}
+"""
+
+LONG = """
+experiment: noop
+group: "long"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {steps: 24, step_sleep_s: 0.25}
+axes:
+  - {x: [3]}
+seeds: [11]
+max_requeues: {max_requeues}
+resources: {time_min: 10, cpus: 1, signal_delay_s: 30}
+"""
+
+
+def counts(spec: Path, root: Path) -> dict:
+    out = json.loads(sweep("status", spec, "--root", root, "--json").stdout)
+    return next(iter(out["counts"].values()))
+
+
+def finished(spec: Path, root: Path) -> dict | None:
+    c = counts(spec, root)
+    return c if not (c["pending"] or c["running"] or c["requeued"] or c["not_submitted"]) else None
+
+
+def metrics(run_dir: Path) -> list[tuple]:
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["split"], r["length"], json.dumps(r["metrics"], sort_keys=True)) for r in recs]
+
+
+def test_job_arrays_status_relaunch_collect(slurm, tmp_path: Path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    dry = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run", "--throttle", "3").stdout
+    assert "job arrays (MaxArraySize 5): #0: 5 elements (offset 0), #1: 3 elements (offset 5)" in dry
+    assert "#SBATCH --array=0-4%3" in dry
+    assert not root.exists()
+
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--throttle", "3").stdout
+    assert "submitted 8 runs in 8 jobs to 2 job array(s)" in out
+    jobs = read_jobs(Store(root), "grid")
+    masters = {j.split("_")[0] for j in jobs.values()}
+    assert len(masters) == 2 and sorted(int(j.split("_")[1]) for j in jobs.values()) == [0, 0, 1, 1, 2, 2, 3, 4]
+
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="8 SLURM runs")
+    assert c["completed"] == 8, c
+    # sacct agrees (it lags squeue by a few seconds)
+    wait_for(lambda: subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", ",".join(sorted(masters))],
+                                    capture_output=True, text=True).stdout.split().count("COMPLETED") == 8,
+             timeout=30, what="sacct to report 8 COMPLETED")
+    rows = json.loads(sweep("status", spec, "--root", root, "--json", "-v").stdout)["runs"]
+    assert all(r["job_id"] in jobs.values() and r["step"] == 3 for r in rows)
+
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "nothing to submit: 8 completed" in out
+
+    sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    df = pd.read_parquet(tmp_path / "r.parquet")
+    assert df["run_key"].nunique() == 8 and set(df["job_id"]) == set(jobs.values())
+    assert (df["wall_s"] > 0).all()
+
+
+def test_cancel_then_retry(slurm, tmp_path: Path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 24", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 1 runs" in out
+    c = wait_for(lambda: finished(spec, root), timeout=60, what="cancellation")
+    assert c["failed"] == 1
+    assert "nothing to submit" in sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry-failed").stdout
+    assert "submitted 1 runs" in out
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the retried run to start")
+    sweep("cancel", spec, "--root", root)
+
+
+def _preempt_once(spec: Path, root: Path, how: str) -> None:
+    run_dir = next(root.glob("long/task_0000/seed11"))
+    wait_for(lambda: (run_dir / "noop_state.json").exists()
+             and json.loads((run_dir / "noop_state.json").read_text())["step"] >= 4,
+             timeout=90, what="the run to get going")
+    job_id = next(iter(read_jobs(Store(root), "long").values()))
+    if how == "preempt":  # what submitit's own _interrupt does: SIGTERM then USR2 -> checkpoint + requeue
+        subprocess.check_call(["scancel", job_id, "--signal", "SIGTERM"])
+        subprocess.check_call(["scancel", job_id, "--signal", "USR2"])
+    else:  # the admin's requeue: the job is killed with no warning and queued again
+        subprocess.check_call(["scontrol", "requeue", job_id])
+
+
+@pytest.mark.parametrize("how", ["preempt", "scontrol_requeue"])
+def test_requeue_resumes_and_matches_uninterrupted_twin(slurm, tmp_path: Path, how: str):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3"))
+    twin_root, root = tmp_path / "twin", tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", twin_root)
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    _preempt_once(spec, root, how)
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="the requeued run to finish")
+    assert c["completed"] == 1, c
+    wait_for(lambda: finished(spec, twin_root), timeout=60, what="the twin")
+    run_dir, twin_dir = root / "long/task_0000/seed11", twin_root / "long/task_0000/seed11"
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["requeues"] == 1 and state["attempts"] == 2, state
+    assert "noop: resuming at step" in (run_dir / "log.txt").read_text()
+    # same records, same numbers, no duplicates from the steps logged after the last save
+    assert metrics(run_dir) == metrics(twin_dir)
+    assert json.loads((run_dir / "noop_state.json").read_text()) == \
+        json.loads((twin_dir / "noop_state.json").read_text())
+
+
+def test_requeued_more_than_allowed_ends_failed(slurm, tmp_path: Path):
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "0"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    _preempt_once(spec, root, "preempt")
+    c = wait_for(lambda: finished(spec, root), timeout=120, what="the run to give up")
+    assert c["failed"] == 1
+    rows = json.loads(sweep("status", spec, "--root", root, "--json", "--failed").stdout)["runs"]
+    assert "more than max_requeues=0" in rows[0]["reason"]
