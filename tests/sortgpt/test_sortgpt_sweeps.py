@@ -1,0 +1,64 @@
+"""The shipped sortgpt specs expand to the seed-003 grid of issue 3 (and the CI demo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from launch.spec import load_spec
+from launch.tasks import expand
+from sortgpt.experiment import EXPERIMENT
+
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+GRID = {
+    # spec: (runs, tree prefix, group prefix, layernorm)
+    "len_gen_dynamic_ln": (168, "with_layernorm/dynamic", "len_gen_k", True),
+    "len_gen_fixed_ln": (84, "with_layernorm/fixed", "len_gen_single_k", True),
+    "len_gen_dynamic_no_ln": (168, "without_layernorm/dynamic", "len_gen_no_ln_k", False),
+    "len_gen_fixed_no_ln": (84, "without_layernorm/fixed", "len_gen_single_no_ln_k", False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRID))
+def test_grid_specs_expand_to_the_seed_003_grid(name: str) -> None:
+    n_runs, tree, group_prefix, layernorm = GRID[name]
+    runs = expand(load_spec(SWEEPS / f"{name}.yaml"))
+    assert len(runs) == n_runs
+    dynamic = "dynamic" in tree
+    assert sorted({r.group for r in runs}) == sorted(f"{group_prefix}{k}" for k in range(4, 17, 2))
+    assert {r.seed for r in runs} == {1337, 2337, 3337}
+    for r in runs:
+        c = r.config
+        assert r.rel_dir == f"{tree}/{r.group}/task_{r.task:04d}/seed{r.seed}"
+        assert r.group == f"{group_prefix}{c['train_max_k']}"
+        assert c["train_min_k"] == (2 if dynamic else c["train_max_k"])
+        assert c["use_layernorm"] is layernorm
+        # The reference protocol, whatever the defaults say.
+        assert (c["vocab_n"], c["n_embd"], c["n_heads"], c["no_pos_emb"], c["no_dup"]) == (128, 128, 1, True, True)
+        assert (c["test_min_k"], c["test_max_k"], c["max_iters"], c["batch_size"]) == (17, 32, 40000, 4096)
+        assert (c["max_lr"], c["min_lr"], c["warmup_iters"], c["checkpoint_iter"]) == (1e-4, 1e-6, 400, 20001)
+        # task numbering: n_layers {2, 1} x MLP {on, off} (x mode {mix, curriculum} when dynamic)
+        modes = ["mix", "curriculum"] if dynamic else ["mix"]
+        layers, rest = divmod(r.task, 2 * len(modes))
+        mlp, mode = divmod(rest, len(modes))
+        assert (c["n_layers"], c["use_mlp"], c["length_mode"]) == ([2, 1][layers], [True, False][mlp], modes[mode])
+    assert max(r.task for r in runs) == (7 if dynamic else 3)
+
+
+def test_grid_specs_share_one_tree_without_collisions() -> None:
+    dirs = [r.rel_dir for name in GRID for r in expand(load_spec(SWEEPS / f"{name}.yaml"))]
+    assert len(dirs) == len(set(dirs)) == 504
+    assert {load_spec(SWEEPS / f"{name}.yaml").root for name in GRID} == {Path("checkpoints")}
+
+
+def test_ci_spec_is_small_and_covers_both_modes_and_fixed_k() -> None:
+    runs = expand(load_spec(SWEEPS / "ci_sortgpt.yaml"))
+    assert len(runs) == 12 and {r.seed for r in runs} == {1337, 2337}
+    kinds = {(r.config["train_min_k"], r.config["train_max_k"], r.config["length_mode"]) for r in runs}
+    assert kinds == {(2, 6, "mix"), (2, 6, "curriculum"), (6, 6, "mix")}
+    for r in runs:
+        c = r.config
+        assert EXPERIMENT.check(c) == []
+        assert c["vocab_n"] == 32 and c["n_embd"] == 32 and c["batch_size"] == 64 and c["max_iters"] <= 500
+        assert (c["test_min_k"], c["test_max_k"]) == (7, 10) and c["device"] == "cpu"
