@@ -185,12 +185,16 @@ def parse_only(expr: str) -> list[tuple[str, list[str]]]:
     return terms
 
 
-def apply_only(rows: pd.DataFrame, expr: str) -> pd.DataFrame:
-    """The rows matching every term of ``expr``; values compare in the column's type."""
+def apply_only(rows: pd.DataFrame, expr: str, known: set[str] | None = None) -> pd.DataFrame:
+    """The rows matching every term of ``expr``; values compare in the column's type.
+    A name outside ``known`` (default: the columns of ``rows``) is an error; a known
+    name that ``rows`` lacks selects nothing."""
     keep = pd.Series(True, index=rows.index)
     for name, values in parse_only(expr):
-        if name not in rows.columns:
+        if name not in (rows.columns if known is None else known):
             raise UserError(f"--only: no column {name!r} in the results")
+        if name not in rows.columns:
+            return rows.iloc[0:0]
         column = rows[name]
         keep &= column.isin([_typed(value, column, name) for value in values])
     return rows[keep]

@@ -222,8 +222,8 @@ def heatmap_figure(scores: pd.DataFrame, step: int | None) -> Rendered:
         for cell in data[data["use_layernorm"] == use_ln].to_dict("records"):
             column = (tuple(cell[c] for c in block_keys), cell["length_config"])
             grid[train_ks.index(cell["train_k"]), columns.index(column)] = cell["mean"]
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=HEATMAP_CMAP, vmin=0.0, vmax=1.0, aspect="auto")
-        image.cmap.set_bad("#dddddd")
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=matplotlib.colormaps[HEATMAP_CMAP].with_extremes(
+            bad="#dddddd"), vmin=0.0, vmax=1.0, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
             text = "n/a" if np.isnan(value) else f"{100 * value:.0f}"
             dark = np.isnan(value) or value > 0.6  # viridis is light at the top
@@ -465,13 +465,15 @@ def plot_results(results: str | Path, out_dir: str | Path, step: int | None = No
         raise UserError(f"{results}: no sortgpt or coconut records (experiments: {found})")
     notes: list[str] = []
     rendered: list[Rendered] = []
+    family_rows = {family: family_frame(frame, family, results) for family in families}
+    if only:
+        # A column of one family only (train_k, feedback_mode) simply selects nothing in the others.
+        known = set().union(*(rows.columns for rows in family_rows.values()))
+        family_rows = {family: apply_only(rows, only, known) for family, rows in family_rows.items()}
     with matplotlib.rc_context(FONT):
-        for family in families:
-            rows = family_frame(frame, family, results)
-            if only:
-                rows = apply_only(rows, only)
-                if rows.empty:
-                    continue
+        for family, rows in family_rows.items():
+            if rows.empty:
+                continue
             notes += missing_notes(rows, family, step)
             made, more = sortgpt_figures(rows, step) if family == "sortgpt" else coconut_figures(rows)
             rendered += made

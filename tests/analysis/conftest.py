@@ -1,9 +1,10 @@
 """Results files for the analysis tests.
 
-``results_parquet`` is the one fixture the tests read. By default it is a synthetic
-table shaped exactly like the output of ``sweep collect`` (schema in the common brief),
-built here from a small seeded generator; the ``real_sweep`` parameter runs a tiny real
-sweep through the ``sweep`` CLI and skips, with the reason, until that CLI exists.
+``results_parquet`` is the one fixture the generic tests read, in two versions: a
+synthetic table shaped exactly like the output of ``sweep collect`` (schema in the common
+brief) built here from a small seeded generator, and ``real_sweep``: a tiny sortgpt sweep
+really launched on the local executor and collected with ``sweep collect`` (skipped, with
+the reason, where the harness CLI is not there). Swap or add versions here.
 
 The synthetic sweep is deliberately partial and messy, like a real one mid-flight:
 one run still ``running`` (fewer steps), one (group, task, seed) never started, and one
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -169,16 +170,56 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_results(tmp_path_factory.mktemp("results") / "results.parquet", rows)
 
 
+# A real sweep, as small as sortgpt allows: 2 length configurations (fixed K=3, curriculum
+# K<=4) x 2 seeds, 20 iterations, evaluated at steps 1, 11 and 20. Its cost is mostly
+# process start-up (torch import) of the 4 runs, 2 at a time.
+TINY_SORTGPT_SPEC = """
+experiment: sortgpt
+name: tiny_sortgpt
+group: "k{train_min_k}-{train_max_k}_{length_mode}"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {vocab_n: 16, n_embd: 16, n_heads: 1, n_layers: 1, use_mlp: true, use_layernorm: true,
+        test_min_k: 5, test_max_k: 6, max_iters: 20, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-4,
+        warmup_iters: 2, curriculum_span_iters: 10, eval_every: 10, eval_samples: 16,
+        checkpoint_iter: 0, save_every: 0, keep_resume: 1, device: cpu}
+axes:
+  - {params: [train_min_k, train_max_k, length_mode], values: [[3, 3, mix], [2, 4, curriculum]],
+     group: true}
+seeds: [1, 2]
+"""
+
+
+def _sweep(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launch.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def _real_sweep_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run the CI-sized sweeps with the real harness and collect them; skip while it does not exist."""
-    sweep = shutil.which("sweep") or str(Path(sys.executable).with_name("sweep"))
-    help_text = subprocess.run([sweep, "--help"], capture_output=True, text=True) if Path(sweep).exists() else None
-    if help_text is None or help_text.returncode != 0 or "collect" not in help_text.stdout:
-        pytest.skip("`sweep collect` is not available yet: the lead wires the real tiny-sweep fixture here")
-    pytest.skip("real tiny-sweep fixture not wired yet (needs the CI-sized sortgpt/coconut specs)")
+    """Launch the tiny sortgpt sweep on the local executor and `sweep collect` it."""
+    help_text = _sweep("--help")
+    if help_text.returncode != 0 or "collect" not in help_text.stdout or "launch" not in help_text.stdout:
+        pytest.skip("`sweep launch` / `sweep collect` are not available yet")
+    work = tmp_path_factory.mktemp("real_sweep")
+    spec, root = work / "tiny_sortgpt.yaml", work / "tree"
+    spec.write_text(TINY_SORTGPT_SPEC)
+    launched = _sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    assert launched.returncode == 0, launched.stderr
+    deadline = time.time() + 300
+    while True:
+        status = _sweep("status", spec, "--root", root, "--json")
+        counts = json.loads(status.stdout)["counts"]["tiny_sortgpt"]
+        if counts["pending"] == counts["running"] == counts["not_submitted"] == counts["requeued"] == 0:
+            break
+        assert time.time() < deadline, f"tiny sweep still not done after 300 s: {counts}"
+        time.sleep(2.0)
+    assert counts["completed"] == 4, f"tiny sweep: {counts}"
+    out = work / "results.parquet"
+    collected = _sweep("collect", spec, "--root", root, "-o", out)
+    assert collected.returncode == 0, collected.stderr
+    return out
 
 
-@pytest.fixture(scope="session", params=["synthetic", "real_sweep"])
+@pytest.fixture(scope="session", params=["synthetic", pytest.param("real_sweep", marks=pytest.mark.slow)])
 def results_parquet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if request.param == "synthetic":
         return request.getfixturevalue("synthetic_results")
