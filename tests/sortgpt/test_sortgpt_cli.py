@@ -66,3 +66,17 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, other)
     result = invoke(other, 1, 2)
     assert isinstance(result.exception, CheckpointError) and "model" in str(result.exception)
+
+
+def test_through_the_sweep_cli_bad_input_exits_2_with_one_line(checkpoint: Path) -> None:
+    import subprocess
+    import sys
+
+    main = "import sys; from launch.cli import main; sys.argv[0] = 'sweep'; main()"
+    bad = subprocess.run([sys.executable, "-c", main, "sort", str(checkpoint), "3", "99"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: sort: 99 is outside this model's vocabulary 0..15"
+    good = subprocess.run([sys.executable, "-c", main, "sort", str(checkpoint), "3", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and good.stdout.startswith("input:    3 1\n")
