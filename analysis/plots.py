@@ -324,6 +324,7 @@ def training_figures(rows: pd.DataFrame, train_ks: list[int]) -> Iterator[Render
             elif scale == "percent":
                 percent_axis(ax)
             ax.set_title(title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("iteration (optimizer steps)")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
@@ -406,9 +407,9 @@ def loss_figure(rows: pd.DataFrame) -> Rendered:
         for mode in ordered_modes(data):
             line = data[data["feedback_mode"] == mode]
             band(ax, line["step"], line["mean"], line["std"], color=mode_color(mode), label=mode)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if xlabel == "epoch":
             mark_stages(ax, boundaries)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("loss (cross-entropy, nats)")
