@@ -29,3 +29,15 @@ def tiny() -> dict[str, Any]:
 @pytest.fixture
 def make_config() -> Callable[..., dict[str, Any]]:
     return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation,
+    and on a busy 2-core machine it makes every step wait for a descheduled thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

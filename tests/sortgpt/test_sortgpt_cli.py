@@ -69,14 +69,16 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_through_the_sweep_cli_bad_input_exits_2_with_one_line(checkpoint: Path) -> None:
+    import os
     import subprocess
     import sys
 
     main = "import sys; from launch.cli import main; sys.argv[0] = 'sweep'; main()"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
     bad = subprocess.run([sys.executable, "-c", main, "sort", str(checkpoint), "3", "99"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: sort: 99 is outside this model's vocabulary 0..15"
     good = subprocess.run([sys.executable, "-c", main, "sort", str(checkpoint), "3", "1"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
     assert good.returncode == 0 and good.stdout.startswith("input:    3 1\n")
