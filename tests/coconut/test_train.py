@@ -1,0 +1,120 @@
+"""Training loop: metrics, checkpoints, bit-identical resume, batched evaluation, model loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from coconut.data import Curriculum, SpecialIds, build_tokenizer, extract_answer, question_example, tokenize
+from coconut.experiment import EXPERIMENT
+from coconut.generate import generate_dataset
+from coconut.model import ModelConfig, build_model
+from coconut.reference import reference_generate
+from coconut.train import answer_questions, checkpoint_for, load_model_by_name
+from launch.checkpoint import load_checkpoint
+from launch.errors import CheckpointError
+from launch.experiment import RunContext
+
+
+def tiny_config(**overrides) -> dict:
+    cfg = EXPERIMENT.defaults() | dict(
+        feedback_mode="continuous", n_layer=1, n_embd=16, n_head=2, train_size=12, val_size=6, batch_size=4,
+        grad_accum=2, epochs_per_stage=1, max_latent_stage=1, num_epochs=2, lr=1e-3, uniform_prob=0.3,
+        max_new_tokens=4, eval_batch_size=4, device="cpu", seed=7,
+    )
+    cfg.update(overrides)
+    assert EXPERIMENT.check(cfg) == []
+    return cfg
+
+
+def records(run_dir: Path) -> list[dict]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("time")
+        rec["metrics"].pop("epoch_time_s", None)
+        out.append(rec)
+    return out
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    resumed.mkdir()
+    EXPERIMENT.run(tiny_config(), RunContext(run_dir=straight))
+    EXPERIMENT.run(tiny_config(num_epochs=1), RunContext(run_dir=resumed))   # "killed" after epoch 1
+    with open(resumed / "metrics.jsonl", "a") as f:   # a record from the lost part of epoch 2
+        f.write(json.dumps({"step": 2, "split": "train", "length": None, "time": 0, "metrics": {}}) + "\n")
+    EXPERIMENT.run(tiny_config(), RunContext(run_dir=resumed))
+    a = load_checkpoint(straight / "checkpoint_2")["model"]
+    b = load_checkpoint(resumed / "checkpoint_2")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert records(straight) == records(resumed)
+    # the weights did move, and the metrics have the agreed shape
+    c1 = load_checkpoint(straight / "checkpoint_1")["model"]
+    assert any(not torch.equal(a[k], c1[k]) for k in a)
+    recs = records(straight)
+    assert [(r["step"], r["split"]) for r in recs] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert [r["metrics"]["stage"] for r in recs if r["split"] == "val"] == [0, 1]
+    assert {"loss", "accuracy"} <= set(recs[1]["metrics"])
+    assert (straight / "checkpoint_best").is_file() and len(list(straight.glob("resume_*.pt"))) == 1
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    EXPERIMENT.run(tiny_config(num_epochs=1), RunContext(run_dir=tmp_path))
+    with pytest.raises(CheckpointError, match="lr"):
+        EXPERIMENT.run(tiny_config(lr=2e-3), RunContext(run_dir=tmp_path))
+
+
+def test_batched_answers_equal_one_at_a_time_no_cache():
+    tok = build_tokenizer()
+    ids = SpecialIds.of(tok)
+    raw = generate_dataset(7, seed=11)
+    examples = tokenize(raw, tok)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(feedback_mode="continuous", n_layer=1, n_embd=16, n_head=2, dropout=0.0), tok)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)  # context-dependent outputs from an untrained model
+    # not padded to the max: examples with fewer steps get fewer latents -> several prompt groups
+    cur = Curriculum(max_latent_stage=6, pad_latent_to_max=False)
+    batched = answer_questions(model, tok, examples, 5, cur, "cpu", batch_size=3, max_new_tokens=6)
+    single = []
+    for ex in examples:
+        prompt = question_example(ex, 5, cur, ids)
+        single.append(extract_answer(tok.decode(prompt + reference_generate(model, prompt, 6),
+                                                skip_special_tokens=True)))
+    assert len({question_example(ex, 5, cur, ids).count(ids.latent) for ex in examples}) > 1
+    assert batched == single and len(set(single)) > 1
+
+
+def test_load_model_by_name_prefers_best_then_final_then_highest(tmp_path):
+    run = tmp_path / "coconut" / "coconut" / "seed7"
+    run.mkdir(parents=True)
+    EXPERIMENT.run(tiny_config(num_epochs=2, uniform_prob=0.0), RunContext(run_dir=run))
+    model, tok, state = load_model_by_name("coconut", tmp_path)
+    assert checkpoint_for(run).name == "checkpoint_best" and state["epoch"] in (1, 2)
+    saved = load_checkpoint(run / "checkpoint_best")["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    (run / "checkpoint_best").unlink()
+    assert checkpoint_for(run).name == "checkpoint_2"          # the final epoch (num_epochs = 2)
+    shutil.copy(run / "checkpoint_1", run / "checkpoint_9")
+    assert checkpoint_for(run).name == "checkpoint_2"
+    (run / "checkpoint_2").unlink()
+    assert checkpoint_for(run).name == "checkpoint_9"          # else the highest-numbered
+    with pytest.raises(CheckpointError, match="no run named"):
+        load_model_by_name("pause-frozen", tmp_path)
+
+
+def test_check_reports_bad_values():
+    cfg = EXPERIMENT.defaults() | {"feedback_mode": "warm", "n_embd": 30, "n_head": 4, "uniform_prob": 2.0}
+    problems = EXPERIMENT.check(cfg)
+    assert any(p.startswith("feedback_mode:") for p in problems)
+    assert any(p.startswith("n_embd:") for p in problems)
+    assert any(p.startswith("uniform_prob:") for p in problems)
+    assert EXPERIMENT.check(EXPERIMENT.defaults()) == []
+    assert EXPERIMENT.total_steps(EXPERIMENT.defaults()) == 50
