@@ -206,6 +206,41 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 
 
 @cli.command()
+@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
+@root_option
+@only_option
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Give up after S seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeout_s: float | None,
+         interval: float) -> None:
+    """Block until no run of SPEC is pending or running; exit 1 if any failed."""
+    from launch import status as stt
+    from launch.store import Store
+
+    loaded = [_load(p, root, only) for p in spec_paths]
+    t0, last = time.time(), ""
+    while True:
+        total: dict[str, int] = {}
+        for spec, runs in loaded:
+            statuses, _ = stt.run_statuses(Store(spec.root), runs)
+            for k, n in stt.counts(statuses).items():
+                total[k] = total.get(k, 0) + n
+        line = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in total.items() if n)
+        if line != last:
+            click.echo(f"[{time.time() - t0:6.0f}s] {line}")
+            last = line
+        if not any(total[k] for k in stt.ACTIVE):
+            break
+        if timeout_s is not None and time.time() - t0 > timeout_s:
+            click.echo(f"still active after {timeout_s:.0f}s", err=True)
+            sys.exit(1)
+        time.sleep(interval)
+    if total.get(stt.FAILED):
+        click.echo(f"{total[stt.FAILED]} runs failed: see `sweep status --failed`", err=True)
+        sys.exit(1)
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("-n", "--lines", type=click.IntRange(min=1), default=40, help="Lines from the end.")
 def logs(run_dir: str, lines: int) -> None:

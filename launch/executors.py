@@ -130,7 +130,8 @@ class LocalBackend:
         # generous timeout: a local queue lives as long as its work
         ex.update_parameters(timeout_min=7 * 24 * 60)
         n = min(self.concurrency, len(units))
-        workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir))) for _ in range(n)]
+        threads = max(1, (os.cpu_count() or 1) // n)
+        workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
         pids = [int(w.job_id) for w in workers]
         write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
         job_id = f"local:{qid}"

@@ -59,6 +59,7 @@ def load_experiment(name: str) -> Experiment:
 
 
 METRICS_FILE = "metrics.jsonl"
+TOP_LEVEL_WANDB = {"lr", "iter"}
 PROGRESS_FILE = "progress.json"
 
 
@@ -94,7 +95,9 @@ class RunContext:
             f.write(json.dumps(rec) + "\n")
         if self.wandb is not None:
             prefix = f"{split}/K{length}/" if length is not None else f"{split}/"
-            self._wandb().log({prefix + k: v for k, v in rec["metrics"].items()} | {"iter": step})
+            # lr and iter are top-level W&B keys (the reference's names); the rest are split/…
+            self._wandb().log({(k if k in TOP_LEVEL_WANDB else prefix + k): v
+                               for k, v in rec["metrics"].items()} | {"iter": step})
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop records with ``step > after_step``: call on resume so that the

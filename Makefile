@@ -1,0 +1,38 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv
+# on first use; CPU torch is pinned by constraints-cpu.txt for CI and the demo.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= demo
+
+.PHONY: demo test lint venv slurm-start slurm-stop mapping
+
+$(BIN)/sweep: pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
+	touch $(BIN)/sweep
+
+venv: $(BIN)/sweep
+
+# The main job on the embedded CI-sized grid: local executor -> Parquet -> plots + summary.
+demo: venv
+	$(BIN)/sweep launch sweeps/ci_sortgpt.yaml --cluster local --root $(OUT)/checkpoints
+	$(BIN)/sweep wait sweeps/ci_sortgpt.yaml --root $(OUT)/checkpoints
+	$(BIN)/sweep collect sweeps/ci_sortgpt.yaml --root $(OUT)/checkpoints -o $(OUT)/results.parquet
+	$(BIN)/sweep plot $(OUT)/results.parquet -o $(OUT)/plots
+	$(BIN)/sweep summary $(OUT)/results.parquet
+
+# All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -ra
+
+mapping: venv
+	$(BIN)/sweep mapping sweeps/len_gen_*.yaml sweeps/coconut.yaml -o TASK_MAPPING.md
+
+slurm-start:
+	bash launch/local-slurm.sh start
+
+slurm-stop:
+	bash launch/local-slurm.sh stop

@@ -1,0 +1,37 @@
+"""TASK_MAPPING.md is generated from sweeps/*.yaml; fail when it is stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launch.mapping import render
+from launch.spec import load_spec
+from launch.tasks import expand
+
+REPO = Path(__file__).resolve().parent.parent
+ARGS = "sweeps/*.yaml"
+
+
+def current_mapping() -> str:
+    specs = []
+    for p in sorted((REPO / "sweeps").glob("*.yaml")):
+        spec = load_spec(p.relative_to(REPO))
+        specs.append((spec, expand(spec)))
+    return render(specs, ARGS)
+
+
+def test_task_mapping_is_up_to_date():
+    expected = current_mapping()
+    actual = (REPO / "TASK_MAPPING.md").read_text()
+    assert actual == expected, "TASK_MAPPING.md is stale: run `sweep mapping sweeps/*.yaml`"
+
+
+def test_seed003_task_numbering():
+    text = (REPO / "TASK_MAPPING.md").read_text()
+    # task_0000 = L2, MLP on, mix; task_0001 = L2, MLP on, curriculum; ... as in the seed-003 tables
+    section = text.split("### len_gen_k8 ")[1]
+    assert "| task_0000 | 2 | true | mix | 1337, 2337, 3337 | `with_layernorm/dynamic/len_gen_k8/task_0000/` |" \
+        in section
+    assert "| task_0003 | 2 | false | curriculum |" in section
+    assert "| task_0007 | 1 | false | curriculum |" in section
+    assert "168 runs" in text and "84 runs" in text
