@@ -12,7 +12,13 @@ An experiment is an object with
 * ``run(config, ctx)``: train — or resume, if ``ctx.run_dir`` holds a resume
   state — and write metrics through ``ctx.log``. It must be safe to call again
   after being killed at any moment (that is how requeue works);
-* optionally ``total_steps(config) -> int`` for progress in ``sweep status``.
+* optionally ``total_steps(config) -> int`` for progress in ``sweep status``;
+* optionally packing (many small runs in one process, issue 7):
+  ``pack_key(config) -> Hashable | None`` — runs with equal keys can train
+  together (None: never packed) — and ``run_pack(configs, ctxs)``, which must
+  leave every run's directory exactly as ``run`` would (same metrics, same
+  checkpoints, same resume behaviour). ``pack_size_auto`` (int) is the pack size
+  that ``pack: auto`` in a spec means.
 
 Families register in ``pyproject.toml`` under ``[project.entry-points."sweep.experiments"]``.
 """

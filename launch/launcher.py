@@ -35,18 +35,29 @@ class LaunchPlan:
     warning: str | None = None
 
 
-def pack_units(runs: list[Run], pack: int | str) -> list[list[str]]:
-    """Group runs into the units one job executes. Packs never cross groups, so
-    a job's runs share a W&B group and a directory level."""
-    size = 1 if pack == "auto" else int(pack)
+def pack_units(runs: list[Run], pack: int | str, experiment: Any = None) -> list[list[str]]:
+    """Group runs into the units one job executes.
+
+    ``pack: 1`` (default): one run per job. ``pack: N`` or ``auto``: runs the
+    experiment says can train together (equal ``pack_key``) share a job, up to N
+    (``auto``: the experiment's ``pack_size_auto``), in expansion order. An
+    experiment without ``pack_key`` gets sequential units of N runs of one group."""
+    if pack == 1:
+        return [[r.rel_dir] for r in runs]
+    key_of = getattr(experiment, "pack_key", None)
+    size = int(getattr(experiment, "pack_size_auto", 1)) if pack == "auto" else int(pack)
+    open_units: dict[Any, list[str]] = {}
     units: list[list[str]] = []
-    last_group = None
     for r in runs:
-        if units and len(units[-1]) < size and r.group == last_group:
-            units[-1].append(r.rel_dir)
-        else:
+        key = key_of(r.config) if key_of is not None else ("group", r.group)
+        if key is None:
             units.append([r.rel_dir])
-        last_group = r.group
+            continue
+        unit = open_units.get(key)
+        if unit is None or len(unit) >= size:
+            unit = open_units[key] = []
+            units.append(unit)
+        unit.append(r.rel_dir)
     return units
 
 
@@ -59,7 +70,7 @@ def plan(spec: Spec, runs: list[Run], store: Store, retry_failed: bool, query: b
             todo.append(s.run)
         else:
             skipped[s.state] = skipped.get(s.state, 0) + 1
-    return LaunchPlan(to_submit=todo, skipped=skipped, units=pack_units(todo, spec.pack), warning=warning)
+    return LaunchPlan(to_submit=todo, skipped=skipped, units=pack_units(todo, spec.pack, spec.experiment), warning=warning)
 
 
 def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = False, dry_run: bool = False,

@@ -16,8 +16,9 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import submitit
 
@@ -66,17 +67,16 @@ def limit_threads(n: int | None = None) -> None:
         os.environ.setdefault(var, str(max(1, n)))
 
 
-def run_one(root: Path, rel_dir: str) -> bool:
-    """Run (or resume) one run directory. Returns True when it completed."""
-    store = Store(root)
+def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], float] | None:
+    """Mark a run started; None when there is nothing to do (completed, unreadable, over the requeue limit)."""
     run_dir = store.run_dir(rel_dir)
     info = read_json(run_dir / st.RUN_FILE)
     if not info or info.get("_corrupt"):
         print(f"sweep: {run_dir}/{st.RUN_FILE} is missing or corrupt; skipping", file=sys.stderr)
-        return False
+        return None
     state = store.state(rel_dir)
     if state.get("state") == st.COMPLETED:
-        return True
+        return None
     if state.get("state") == st.RUNNING:
         # the last attempt died without a word (scontrol requeue, node failure, SIGKILL):
         # this start is a requeue too
@@ -85,33 +85,104 @@ def run_one(root: Path, rel_dir: str) -> bool:
     if state.get("requeues", 0) > max_requeues:
         store.update_state(rel_dir, state=st.FAILED, ended_at=time.time(),
                            error=f"requeued {state['requeues']} times, more than max_requeues={max_requeues}")
-        return False
+        return None
     t0 = time.time()
     store.update_state(rel_dir, state=st.RUNNING, job_id=current_job_id(), host=socket.gethostname(),
                        started_at=state.get("started_at") or t0, attempt_started_at=t0,
                        attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit())
-    ctx = RunContext(run_dir=run_dir, run_key=info["run_key"], group=info["group"], name=rel_dir,
-                     wandb=info.get("wandb"))
-    with open(run_dir / st.LOG_FILE, "a") as log:
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {state.get('attempts', 0) + 1} "
-                  f"job {current_job_id()} on {socket.gethostname()}\n")
-        log.flush()
-        tee_out, tee_err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    return info, state, t0
+
+
+def _finish(store: Store, rel_dir: str, state: dict[str, Any], t0: float, error: str | None) -> None:
+    fields: dict[str, Any] = {"ended_at": time.time(), "wall_s": state.get("wall_s", 0.0) + time.time() - t0}
+    if error is None:
+        store.update_state(rel_dir, state=st.COMPLETED, **fields)
+    else:
+        store.update_state(rel_dir, state=st.FAILED, error="\n".join(error.strip().splitlines()[-15:]), **fields)
+
+
+def _context(store: Store, rel_dir: str, info: dict[str, Any]) -> RunContext:
+    return RunContext(run_dir=store.run_dir(rel_dir), run_key=info["run_key"], group=info["group"],
+                      name=rel_dir, wandb=info.get("wandb"))
+
+
+@contextlib.contextmanager
+def _logging_to(paths: list[Path], header: str) -> Iterator[list[TextIO]]:
+    """stdout/stderr go to the job's own streams and to each run's log.txt."""
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(open(p, "a")) for p in paths]
+        for log in logs:
+            log.write(header)
+            log.flush()
+        with contextlib.redirect_stdout(_Tee(sys.stdout, *logs)), contextlib.redirect_stderr(_Tee(sys.stderr, *logs)):
+            yield logs
+
+
+def _header() -> str:
+    return f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {current_job_id()} on {socket.gethostname()}\n"
+
+
+def run_one(root: Path, rel_dir: str) -> bool:
+    """Run (or resume) one run directory. Returns True when it completed."""
+    store = Store(root)
+    if store.state(rel_dir).get("state") == st.COMPLETED:
+        return True
+    started = _start(store, rel_dir)
+    if started is None:
+        return store.state(rel_dir).get("state") == st.COMPLETED
+    info, state, t0 = started
+    ctx = _context(store, rel_dir, info)
+    error = None
+    with _logging_to([ctx.run_dir / st.LOG_FILE], _header()) as logs:
         try:
-            with contextlib.redirect_stdout(tee_out), contextlib.redirect_stderr(tee_err):
-                load_experiment(info["experiment"]).run(info["config"], ctx)
+            load_experiment(info["experiment"]).run(info["config"], ctx)
         except Exception:
-            tb = traceback.format_exc()
-            log.write(tb)
-            store.update_state(rel_dir, state=st.FAILED, ended_at=time.time(),
-                               wall_s=state.get("wall_s", 0.0) + time.time() - t0,
-                               error="\n".join(tb.strip().splitlines()[-15:]))
-            return False
+            error = traceback.format_exc()
+            logs[0].write(error)
         finally:
             ctx.finish()
-    store.update_state(rel_dir, state=st.COMPLETED, ended_at=time.time(),
-                       wall_s=state.get("wall_s", 0.0) + time.time() - t0)
-    return True
+    _finish(store, rel_dir, state, t0, error)
+    return error is None
+
+
+def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
+    """Runs that the experiment trains together in one process (``run_pack``);
+    each run keeps its own state, log, metrics and checkpoints."""
+    store = Store(root)
+    started = {rel: _start(store, rel) for rel in rel_dirs}
+    todo = [rel for rel, s in started.items() if s is not None]
+    if todo:
+        infos = {rel: started[rel][0] for rel in todo}  # type: ignore[index]
+        ctxs = [_context(store, rel, infos[rel]) for rel in todo]
+        experiment = load_experiment(infos[todo[0]]["experiment"])
+        error = None
+        with _logging_to([c.run_dir / st.LOG_FILE for c in ctxs], _header() + f"(pack of {len(todo)})\n") as logs:
+            try:
+                experiment.run_pack([infos[rel]["config"] for rel in todo], ctxs)
+            except Exception:
+                error = traceback.format_exc()
+                for log in logs:
+                    log.write(error)
+            finally:
+                for c in ctxs:
+                    c.finish()
+        for rel in todo:
+            _, state, t0 = started[rel]  # type: ignore[misc]
+            _finish(store, rel, state, t0, error)
+    return [store.state(rel).get("state") == st.COMPLETED for rel in rel_dirs]
+
+
+def run_unit(root: Path, rel_dirs: list[str]) -> list[bool]:
+    """A unit of several runs is packed when the experiment can (same pack_key), else run in turn."""
+    if len(rel_dirs) > 1:
+        infos = [read_json(Path(root) / rel / st.RUN_FILE) or {} for rel in rel_dirs]
+        names = {i.get("experiment") for i in infos}
+        if len(names) == 1 and None not in names:
+            exp = load_experiment(names.pop())
+            keys = {exp.pack_key(i["config"]) for i in infos} if hasattr(exp, "run_pack") else {None}
+            if len(keys) == 1 and None not in keys:
+                return run_pack(Path(root), rel_dirs)
+    return [run_one(Path(root), rel) for rel in rel_dirs]
 
 
 class RunUnit(submitit.helpers.Checkpointable):
@@ -123,7 +194,8 @@ class RunUnit(submitit.helpers.Checkpointable):
 
     def __call__(self) -> list[str]:
         limit_threads()
-        failed = [rel for rel in self.rel_dirs if not run_one(Path(self.root), rel)]
+        ok = run_unit(Path(self.root), self.rel_dirs)
+        failed = [rel for rel, good in zip(self.rel_dirs, ok) if not good]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.rel_dirs)} runs failed: {', '.join(failed[:5])}")
         return self.rel_dirs
@@ -165,8 +237,6 @@ class LocalWorker:
                     os.rename(item, mine)
                 except FileNotFoundError:
                     continue  # another worker took it
-                rel_dirs = read_json(mine) or []
-                for rel in rel_dirs:
-                    run_one(Path(self.root), rel)
+                run_unit(Path(self.root), read_json(mine) or [])
                 done += 1
                 break
