@@ -25,7 +25,8 @@ CLUSTERS = ["slurm", "local"]
 
 
 # harness commands that import torch live in their own modules, loaded on use
-LAZY_COMMANDS = {"verify": "launch.verify:verify_command"}
+LAZY_COMMANDS = {"verify": "launch.verify:verify_command", "resume": "launch.resume:resume_command",
+                 "upload": "launch.hub:upload_command", "download": "launch.hub:download_command"}
 
 
 class _LazyEntry:
