@@ -44,7 +44,7 @@ class CoconutExperiment:
             # evaluation and bookkeeping
             "max_new_tokens": 128,
             "eval_batch_size": 64,
-            "keep_checkpoints": 0,       # 0 -> keep every checkpoint_<epoch> (run.py); N -> the newest N
+            "keep_checkpoints": 0,       # 0 -> every checkpoint_<epoch> (run.py); N -> newest N + each stage's last
             "seed": 0,
             "device": "auto",
         }

@@ -349,7 +349,7 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> None:
             if val_acc > best["accuracy"]:  # strictly better, like run.py's best_acc
                 best = {"accuracy": val_acc, "epoch": done}
                 save_checkpoint(weights, run_dir / BEST, sidecar=meta)
-            _prune_epoch_checkpoints(run_dir, config["keep_checkpoints"], best["epoch"], done)
+            _prune_epoch_checkpoints(run_dir, config["keep_checkpoints"], config["epochs_per_stage"], done)
             resume = {"model": weights["model"], "epoch": done, "best": best, "rng": rng_state(),
                       "config": dict(config)}
             if pause_init is not None:
@@ -380,15 +380,16 @@ def _sync_grads(params: list[torch.nn.Parameter], world: int) -> None:
         p.grad.div_(world)
 
 
-def _prune_epoch_checkpoints(run_dir: Path, keep: int, best_epoch: int, done: int) -> None:
-    """keep <= 0: keep every checkpoint_<n> (run.py). Otherwise the newest ``keep`` (the best is a
-    separate file anyway)."""
+def _prune_epoch_checkpoints(run_dir: Path, keep: int, epochs_per_stage: int, done: int) -> None:
+    """keep <= 0: keep every checkpoint_<n> (run.py). Otherwise the newest ``keep`` plus the last epoch of
+    every stage (what the gates and the corruption test look at); checkpoint_best is a separate file."""
     if keep <= 0:
         return
     for p in run_dir.glob("checkpoint_*"):
         n = p.name.split("_")[1].split(".")[0]
-        if n.isdigit() and int(n) <= done - keep:
+        if n.isdigit() and int(n) <= done - keep and int(n) % epochs_per_stage != 0:
             p.unlink(missing_ok=True)
+            Path(str(p) + ".json").unlink(missing_ok=True)
 
 
 def final_test(config: dict[str, Any], ctx: RunContext, device: str) -> None:
