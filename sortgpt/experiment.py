@@ -64,6 +64,25 @@ class SortGPTExperiment:
     def total_steps(self, config: dict[str, Any]) -> int:
         return int(config["max_iters"])
 
+    def extend(self, config: dict[str, Any], steps: int, lr: float | None) -> dict[str, Any]:
+        """The config of a finished run continued for ``steps`` more iterations
+        (``sweep resume``). The extra iterations train at a constant learning rate:
+        ``lr`` when given, else the parent's min_lr, where its cosine ended — so
+        without --lr the schedule simply goes on flat, with no re-warm-up jump.
+        Written as max_lr = min_lr = that rate (lr_at's cosine between equal ends
+        is a constant); the iterations already done are not replayed, so their
+        schedule is in the parent's run.json. Fields changed: train.EXTENDABLE."""
+        from launch.errors import UserError
+
+        if int(config["warmup_iters"]) > int(config["max_iters"]):
+            raise UserError(f"cannot extend: the run ended inside its warm-up (warmup_iters="
+                            f"{config['warmup_iters']} > max_iters={config['max_iters']})")
+        rate = float(config["min_lr"]) if lr is None else float(lr)
+        if not rate > 0:
+            raise UserError(f"cannot extend at the parent's final learning rate min_lr={config['min_lr']}: "
+                            "pass --lr")
+        return {**config, "max_iters": int(config["max_iters"]) + int(steps), "max_lr": rate, "min_lr": rate}
+
     def run(self, config: dict[str, Any], ctx: RunContext) -> None:
         from sortgpt.train import train  # torch is imported only when a run starts
 

@@ -16,6 +16,11 @@ at step max_iters (the reference's last one is at step max_iters − eval_every 
 Resume: every save_every iterations the full state (model, optimizer, step, all
 RNG states) goes to ``<run_dir>/resume_<step>.pt``; a restarted run loads the newest one
 and continues bit-identically (on CPU; on GPU up to kernel non-determinism).
+
+Extension (``sweep resume RUN_DIR --steps N``): a new run directory starts from the
+parent's *finished* resume state, under a config from ``SortGPTExperiment.extend`` that
+differs only in EXTENDABLE fields. A finished state short of max_iters is continued,
+not skipped; any other config difference is still an error.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from sortgpt.model import GPT, GPTConfig
 from sortgpt.naming import checkpoint_name
 
 RESUME_KEYS = ("step", "finished", "config", "model", "optimizer", "rng")
+# What `sweep resume RUN_DIR --steps N [--lr X]` may change when it continues a finished run.
+EXTENDABLE = ("max_iters", "max_lr", "min_lr")
 CHECKPOINT_FORMAT = "sortgpt/1"
 # Seed offsets so the data, K and evaluation streams of one run never coincide.
 K_SEED_OFFSET = 1_000_003
@@ -227,12 +234,16 @@ def save_resume_state(run_dir: Path, state: dict[str, Any], keep: int) -> None:
 def load_resume_state(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The newest loadable resume state (None when there is none). A state written
     under a different config is an error, not something to silently continue;
-    only the device may change (a requeued job can land elsewhere)."""
+    only the device may change (a requeued job can land elsewhere) — and the
+    EXTENDABLE fields when a finished state is continued past its end (an extension)."""
     found = load_latest_resume_state(run_dir, require=RESUME_KEYS)
     if found is None:
         return None
     path, state = found
-    fields = sorted((set(cfg) | set(state["config"])) - {"device"})
+    free = {"device"}
+    if state["finished"] and int(state["step"]) < int(cfg["max_iters"]):
+        free |= set(EXTENDABLE)
+    fields = sorted((set(cfg) | set(state["config"])) - free)
     check_config_match(state["config"], cfg, fields, path=path)
     return state
 
@@ -268,11 +279,12 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
         set_rng_state(state["rng"], generators)
         step = int(state["step"])
         ctx.truncate_metrics(step)  # drop records logged after this state was saved
-        if state["finished"]:
+        if state["finished"] and step >= max_iters:
             print(f"sortgpt: {run_dir} already finished ({step} iterations)")
             ctx.progress(step, max_iters, force=True)
             return
-        print(f"sortgpt: resuming at iteration {step} of {max_iters}")
+        verb = "extending a finished run" if state["finished"] else "resuming"
+        print(f"sortgpt: {verb} at iteration {step} of {max_iters}")
     else:
         ctx.truncate_metrics(0)  # a fresh start: drop anything an earlier, unsaved attempt logged
 
