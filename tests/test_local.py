@@ -129,3 +129,23 @@ def test_manifest_refuses_renumbering(tmp_path: Path):
     spec.write_text(spec.read_text().replace("label: [z, a, b]", "label: [a, b, c]"))
     out = sweep("launch", spec, "--cluster", "local", "--root", root).stdout
     assert "submitted 4 runs" in out and "8 completed" in out
+
+
+def test_logs_and_sequential_packs(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0") + "pack: 3\n")
+    root = tmp_path / "tree"
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--dry-run").stdout
+    # 8 runs per group; units of 3 never cross a group: 3+3+2 per group
+    assert "would submit 16 runs as 6 jobs" in out
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    wait_for(lambda: done(spec, root), timeout=120, what="packed runs")
+    rows = status_json(spec, root)["runs"]
+    failed = next(r for r in rows if r["state"] == "failed")
+    ok = next(r for r in rows if r["state"] == "completed")
+    log = sweep("logs", root / ok["rel_dir"]).stdout
+    assert "noop: done after 4 steps" in log
+    log = sweep("logs", root / failed["rel_dir"]).stdout
+    assert "RuntimeError: noop: failing at step 2" in log and "==> error" in log
+    p = sweep("logs", tmp_path, check=False)
+    assert p.returncode == 2 and "not a run directory" in p.stderr

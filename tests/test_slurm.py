@@ -152,3 +152,32 @@ def test_requeued_more_than_allowed_ends_failed(slurm, tmp_path: Path):
     assert c["failed"] == 1
     rows = json.loads(sweep("status", spec, "--root", root, "--json", "--failed").stdout)["runs"]
     assert "more than max_requeues=0" in rows[0]["reason"]
+
+
+def test_status_falls_back_to_squeue_then_disk(slurm, tmp_path: Path):
+    """Accounting down: squeue answers (one call). Scheduler unreachable: disk alone, with a warning."""
+    import os
+
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 24", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    # a broken sacct in front of the real binaries (slurmdbd down looks like this to the client)
+    (shims / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Problem talking to the database' >&2\nexit 1\n")
+    (shims / "sacct").chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    p = sweep("status", spec, "--root", root, "--json", env=env)
+    assert "used squeue" in p.stderr
+    assert json.loads(p.stdout)["counts"]["long"]["running"] == 1
+    # no scheduler at all: disk state, and a warning that says so
+    for tool in ("squeue",):
+        (shims / tool).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
+                                  "exit 1\n")
+        (shims / tool).chmod(0o755)
+    p = sweep("status", spec, "--root", root, "--json", env=env)
+    assert "scheduler unreachable" in p.stderr and "from disk alone" in p.stderr
+    assert json.loads(p.stdout)["counts"]["long"]["running"] == 1
+    sweep("cancel", spec, "--root", root)
