@@ -20,17 +20,6 @@ from launch.errors import CheckpointError
 from launch.experiment import RunContext
 
 
-def tiny_config(**overrides) -> dict:
-    cfg = EXPERIMENT.defaults() | dict(
-        feedback_mode="continuous", n_layer=1, n_embd=16, n_head=2, train_size=12, val_size=6, batch_size=4,
-        grad_accum=2, epochs_per_stage=1, max_latent_stage=1, num_epochs=2, lr=1e-3, uniform_prob=0.3,
-        max_new_tokens=4, eval_batch_size=4, device="cpu", seed=7,
-    )
-    cfg.update(overrides)
-    assert EXPERIMENT.check(cfg) == []
-    return cfg
-
-
 def records(run_dir: Path) -> list[dict]:
     out = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -41,15 +30,13 @@ def records(run_dir: Path) -> list[dict]:
     return out
 
 
-def test_resume_is_bit_identical(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    straight.mkdir()
+def test_resume_is_bit_identical(tiny_run, make_config, tmp_path):
+    straight, resumed = tiny_run, tmp_path / "resumed"
     resumed.mkdir()
-    EXPERIMENT.run(tiny_config(), RunContext(run_dir=straight))
-    EXPERIMENT.run(tiny_config(num_epochs=1), RunContext(run_dir=resumed))   # "killed" after epoch 1
+    EXPERIMENT.run(make_config(num_epochs=1), RunContext(run_dir=resumed))   # "killed" after epoch 1
     with open(resumed / "metrics.jsonl", "a") as f:   # a record from the lost part of epoch 2
         f.write(json.dumps({"step": 2, "split": "train", "length": None, "time": 0, "metrics": {}}) + "\n")
-    EXPERIMENT.run(tiny_config(), RunContext(run_dir=resumed))
+    EXPERIMENT.run(make_config(), RunContext(run_dir=resumed))
     a = load_checkpoint(straight / "checkpoint_2")["model"]
     b = load_checkpoint(resumed / "checkpoint_2")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -64,10 +51,11 @@ def test_resume_is_bit_identical(tmp_path):
     assert (straight / "checkpoint_best").is_file() and len(list(straight.glob("resume_*.pt"))) == 1
 
 
-def test_resume_refuses_a_different_config(tmp_path):
-    EXPERIMENT.run(tiny_config(num_epochs=1), RunContext(run_dir=tmp_path))
+def test_resume_refuses_a_different_config(tiny_run, make_config, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
     with pytest.raises(CheckpointError, match="lr"):
-        EXPERIMENT.run(tiny_config(lr=2e-3), RunContext(run_dir=tmp_path))
+        EXPERIMENT.run(make_config(lr=2e-3, num_epochs=3), RunContext(run_dir=run))
 
 
 def test_batched_answers_equal_one_at_a_time_no_cache():
@@ -92,11 +80,11 @@ def test_batched_answers_equal_one_at_a_time_no_cache():
     assert batched == single and len(set(single)) > 1
 
 
-def test_load_model_by_name_prefers_best_then_final_then_highest(tmp_path):
-    run = tmp_path / "coconut" / "coconut" / "seed7"
-    run.mkdir(parents=True)
-    EXPERIMENT.run(tiny_config(num_epochs=2, uniform_prob=0.0), RunContext(run_dir=run))
-    model, tok, state = load_model_by_name("coconut", tmp_path)
+def test_load_model_by_name_prefers_best_then_final_then_highest(tiny_run, tmp_path):
+    root = tmp_path / "tree"
+    run = root / "coconut" / "coconut" / "seed7"
+    shutil.copytree(tiny_run, run)
+    model, tok, state = load_model_by_name("coconut", root)
     assert checkpoint_for(run).name == "checkpoint_best" and state["epoch"] in (1, 2)
     saved = load_checkpoint(run / "checkpoint_best")["model"]
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
@@ -107,7 +95,7 @@ def test_load_model_by_name_prefers_best_then_final_then_highest(tmp_path):
     (run / "checkpoint_2").unlink()
     assert checkpoint_for(run).name == "checkpoint_9"          # else the highest-numbered
     with pytest.raises(CheckpointError, match="no run named"):
-        load_model_by_name("pause-frozen", tmp_path)
+        load_model_by_name("pause-frozen", root)
 
 
 def test_check_reports_bad_values():
