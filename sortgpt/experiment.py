@@ -88,5 +88,23 @@ class SortGPTExperiment:
 
         train(config, ctx)
 
+    # Packing (issue 7): runs of one architecture train together in one process;
+    # sortgpt/packed.py (imported on use, so a plain launch never loads torch).
+    @property
+    def pack_size_auto(self) -> int:
+        from sortgpt.packed import PACK_SIZE_AUTO
+
+        return PACK_SIZE_AUTO
+
+    def pack_key(self, config: dict[str, Any]) -> Any:
+        from sortgpt.packed import pack_key
+
+        return pack_key(config)
+
+    def run_pack(self, configs: list[dict[str, Any]], ctxs: list[RunContext]) -> None:
+        from sortgpt.packed import train_pack
+
+        train_pack(configs, ctxs)
+
 
 EXPERIMENT = SortGPTExperiment()
