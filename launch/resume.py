@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,7 @@ def resume_command(run_dir: Path, steps: int, lr: float | None, cluster: str | N
 
         if not run_one(parent.root, info["rel_dir"]):
             click.echo(f"error: the extended run failed; see `sweep logs {shown}`", err=True)
-            click.get_current_context().exit(1)
+            sys.exit(1)
         click.echo(f"completed {shown}")
         return
     from launch.executors import LocalBackend, SlurmBackend, max_array_size, slurm_parameters
