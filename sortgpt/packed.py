@@ -66,6 +66,7 @@ FLOPS_PER_SECOND = {"cuda": 5e13, "cpu": 2e10}
 # GPU (~20 GB of bf16 activations at d 128, 2 layers); runs beyond that go in
 # further chunks whose gradients simply add up (each run is in one chunk).
 MAX_CHUNK_TOKENS = {"cuda": 1 << 21, "cpu": None}
+MAX_ATTENTION_BATCH = 32_768  # sequences per attention call (see _attention)
 EVAL_SEED_MULTIPLIER = 7_919  # sortgpt/train.py's log_evaluation: seed * 7919 + offset + step
 
 
@@ -124,6 +125,18 @@ def _norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tenso
     return F.layer_norm(x, x.shape[-1:]) * w[:, None, None] + b[:, None, None]
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention over a batch that may be larger than one kernel launch takes:
+    CUDA's flash and memory-efficient kernels put the batch in a grid dimension
+    (at most 65,535; pytorch/pytorch#146704), and a pack of 16 runs at batch 4096
+    is 65,536 sequences. Splitting the batch is exact."""
+    if q.shape[0] <= MAX_ATTENTION_BATCH:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return torch.cat([F.scaled_dot_product_attention(a, b, c, is_causal=True)
+                      for a, b, c in zip(q.split(MAX_ATTENTION_BATCH), k.split(MAX_ATTENTION_BATCH),
+                                         v.split(MAX_ATTENTION_BATCH))])
+
+
 def packed_forward(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTConfig,
                    positions: slice | None = None) -> torch.Tensor:
     """GPT.forward (sortgpt/model.py) for n runs: ``p`` maps parameter names to
@@ -144,8 +157,7 @@ def packed_forward(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTCon
         q, k, v = _linear(h, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"]).split(C, dim=-1)
         # Attention has no weights: the run dimension folds into the batch dimension.
         q, k, v = (t.reshape(n * B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        y = y.transpose(1, 2).contiguous().view(n, B, T, C)
+        y = _attention(q, k, v).transpose(1, 2).contiguous().view(n, B, T, C)
         x = x + _linear(y, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
         if config.use_mlp:
             h = _norm(x, p, pre + "ln_2")
@@ -169,10 +181,12 @@ class StackedAdamW:
     run's ``optimizer.state_dict()``."""
 
     def __init__(self, weights: torch.Tensor, betas: tuple[float, float], eps: float,
-                 weight_decay: torch.Tensor | None = None):
+                 weight_decay: Sequence[float] = (0.0,), group_of_column: torch.Tensor | None = None):
         self.beta1, self.beta2 = betas
         self.eps = eps
-        self.weight_decay = weight_decay  # (P,) per column (its param group's), None when all zero
+        # Decoupled weight decay per parameter group; column c belongs to group_of_column[c].
+        self.weight_decay = list(weight_decay)
+        self.group_of_column = group_of_column
         self.exp_avg = torch.zeros_like(weights)
         self.exp_avg_sq = torch.zeros_like(weights)
         self.steps = [0] * weights.shape[0]
@@ -185,8 +199,11 @@ class StackedAdamW:
         def column(values: list[float]) -> torch.Tensor:  # one number per run, float32 like a scalar arg
             return torch.tensor(values, dtype=weights.dtype, device=weights.device).unsqueeze(1)
 
-        if self.weight_decay is not None:
-            weights.mul_(1 - column(list(lrs)) * self.weight_decay)
+        if any(self.weight_decay):
+            # torch: param.mul_(1 - lr * weight_decay), the factor in double precision
+            factors = torch.tensor([[1 - lr * wd for wd in self.weight_decay] for lr in lrs],
+                                   dtype=weights.dtype, device=weights.device)
+            weights.mul_(factors if self.group_of_column is None else factors[:, self.group_of_column])
         self.exp_avg.lerp_(grad, 1 - self.beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         # Bias corrections in double precision from the step count, as torch does.
@@ -398,19 +415,17 @@ class Pack:
         moments = [_optimizer_moments(r, self.layout) for r in runs]
         self.weights = torch.stack([self.layout.flatten(r.model) for r in runs]).requires_grad_(True)
         group0 = first.optimizer.param_groups[0]
-        decay = self._weight_decay_columns(first)
-        self.optimizer = StackedAdamW(self.weights, group0["betas"], group0["eps"], decay)
+        self.optimizer = StackedAdamW(self.weights, group0["betas"], group0["eps"],
+                                      [g["weight_decay"] for g in first.optimizer.param_groups],
+                                      self._group_of_column(first))
         self.optimizer.exp_avg = torch.stack([m for m, _, _ in moments])
         self.optimizer.exp_avg_sq = torch.stack([v for _, v, _ in moments])
         self.optimizer.steps = [s for _, _, s in moments]
 
-    def _weight_decay_columns(self, run: PackedRun) -> torch.Tensor | None:
-        by_param = {p: g["weight_decay"] for g in run.optimizer.param_groups for p in g["params"]}
-        values = [by_param[p] for p in run.model.parameters()]
-        if not any(values):
-            return None
-        return torch.cat([torch.full((size,), float(wd), device=self.device)
-                          for wd, size in zip(values, self.layout.sizes)])
+    def _group_of_column(self, run: PackedRun) -> torch.Tensor:
+        group_of = {p: g for g, group in enumerate(run.optimizer.param_groups) for p in group["params"]}
+        return torch.cat([torch.full((size,), group_of[p], dtype=torch.long, device=self.device)
+                          for p, size in zip(run.model.parameters(), self.layout.sizes)])
 
     def row(self, run: PackedRun) -> int:
         return next(i for i, r in enumerate(self.runs) if r is run)
