@@ -56,16 +56,17 @@ def reference_generate(model: Coconut, prompt: list[int], max_new_tokens: int = 
                        thought_fn: ThoughtFn | None = None) -> list[int]:
     """Greedy generation for one prompt, no cache (coconut.py ``generate``): the first token is always
     kept, then tokens until EOS (not kept) or ``max_new_tokens`` in all."""
-    ids = torch.tensor([prompt])
-    ones = torch.ones_like(ids)
-    embeds = filled_embeddings(model, ids, ones, torch.arange(len(prompt))[None], thought_fn)
     wte, base = model.base_causallm.transformer.wte, model.base_causallm
+    device = wte.weight.device
+    ids = torch.tensor([prompt], device=device)
+    ones = torch.ones_like(ids)
+    embeds = filled_embeddings(model, ids, ones, torch.arange(len(prompt), device=device)[None], thought_fn)
     tokens = [int(base(inputs_embeds=embeds).logits[0, -1].argmax())]
-    embeds = torch.cat([embeds, wte(torch.tensor([[tokens[-1]]]))], 1)
+    embeds = torch.cat([embeds, wte(torch.tensor([[tokens[-1]]], device=device))], 1)
     for _ in range(max_new_tokens - 1):
         token = int(base(inputs_embeds=embeds).logits[0, -1].argmax())
         if token == model.ids.eos:
             break
         tokens.append(token)
-        embeds = torch.cat([embeds, wte(torch.tensor([[token]]))], 1)
+        embeds = torch.cat([embeds, wte(torch.tensor([[token]], device=device))], 1)
     return tokens
