@@ -271,8 +271,8 @@ def load_model_by_name(name: str, root: str | Path = "checkpoints", seed: int | 
 
 # --- the run -----------------------------------------------------------------------------------------
 
-def train(config: dict[str, Any], ctx: RunContext, device: str) -> None:
-    """Train (or resume) one run in ``ctx.run_dir``; rank 0 logs through ``ctx.log``."""
+def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
+    """Train (or resume) one run in ``ctx.run_dir``; rank 0 logs through ``ctx.log``. Returns the model."""
     run_dir = ctx.run_dir
     rank, world = init_distributed(device)
     if world > 1 and device.startswith("cuda"):
@@ -364,6 +364,7 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> None:
 
     if config["test_at_end"] and lead and config["num_epochs"] > start_epoch:
         final_test(config, ctx, device)
+    return model
 
 
 # Settings that may change between a run and its resumption without changing what it computes.
