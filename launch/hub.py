@@ -34,7 +34,6 @@ import click
 import yaml
 
 from launch import store as st
-from launch.checkpoint import RESUME_PREFIX, SIDECAR_SUFFIX
 from launch.errors import UserError
 from launch.experiment import METRICS_FILE
 from launch.spec import Spec
@@ -67,6 +66,8 @@ class UploadPlan:
 
 def run_files(run_dir: Path) -> list[Path]:
     """The shareable files of one run directory (see the module docstring), sorted."""
+    from launch.checkpoint import RESUME_PREFIX, SIDECAR_SUFFIX  # (torch is imported with them)
+
     chosen: set[Path] = {run_dir / name for name in RUN_FILES if (run_dir / name).is_file()}
     for path in run_dir.rglob("*"):
         rel = path.relative_to(run_dir)
@@ -113,7 +114,7 @@ def model_card(plan: UploadPlan, repo: str) -> str:
         description = None
     counts = ", ".join(f"{n} {s}" for s, n in sorted(plan.states.items()))
     checkpoints = [rel for rel, p in plan.files
-                   if not rel.endswith(SIDECAR_SUFFIX) and p.name not in RUN_FILES and not rel.startswith(SPECS_DIR)]
+                   if not rel.endswith(".json") and p.name not in RUN_FILES and not rel.startswith(SPECS_DIR)]
     first_run = [rel for rel in checkpoints if rel.startswith(plan.uploaded[0].rel_dir + "/")]
     example = first_run[-1] if first_run else f"{plan.uploaded[0].rel_dir}/<checkpoint>"  # Final_ > Checkpoint_
     fixed = "\n".join(f"| `{k}` | `{_value(v)}` |" for k, v in spec.fixed.items()) or "| (none) | |"

@@ -106,8 +106,8 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         for r in p.to_submit:
             store.prepare(r, spec.wandb, spec.max_requeues)
-            store.update_state(r, state=st.SUBMITTED, cluster=cluster, submitted_at=time.time(),
-                               requeues=0, error=None, ended_at=None)
+            store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
+                               submitted_at=time.time(), requeues=0, error=None, ended_at=None)
         try:
             submitted = backend.submit(p.units, array_size)
         except BaseException:

@@ -36,7 +36,6 @@ from typing import Any
 import click
 
 from launch import store as st
-from launch.checkpoint import RESUME_PREFIX, SIDECAR_SUFFIX, resume_states
 from launch.errors import UserError
 from launch.experiment import METRICS_FILE, load_experiment
 from launch.store import Store, read_json, write_json
@@ -51,6 +50,7 @@ class Parent:
     root: Path            # the tree root it lives in
     rel_dir: str          # relative to root
     info: dict[str, Any]  # its run.json
+    experiment: Any       # its experiment (which has an extend hook)
     resume_state: Path    # its newest resume state
     step: int             # the step of that state
 
@@ -63,25 +63,31 @@ def find_parent(run_dir: Path) -> Parent:
     info = read_json(run_dir / st.RUN_FILE)
     if info is None:
         raise UserError(f"{run_dir}: not a run directory (no {st.RUN_FILE})")
-    if info.get("_corrupt") or not isinstance(info, dict) or not isinstance(info.get("config"), dict) \
-            or not info.get("experiment"):
+    if not isinstance(info, dict) or info.get("_corrupt") or not isinstance(info.get("config"), dict) \
+            or not isinstance(info.get("experiment"), str):
         raise UserError(f"{run_dir / st.RUN_FILE}: unreadable run file (not the JSON `sweep launch` writes)")
-    state = read_json(run_dir / st.STATE_FILE) or {}
+    state = read_json(run_dir / st.STATE_FILE)
+    state = {} if state is None else state if isinstance(state, dict) else {"_corrupt": True}
     if state.get("state") != st.COMPLETED:
         now = "corrupt state.json" if state.get("_corrupt") else f"state: {state.get('state') or 'never started'}"
         raise UserError(f"{run_dir}: run is not finished ({now}); only a completed run can be extended")
+    experiment = load_experiment(info["experiment"])
+    if not hasattr(experiment, "extend"):
+        raise UserError(f"experiment {info['experiment']!r} cannot extend a finished run (it has no extend hook)")
+    from launch.checkpoint import RESUME_PREFIX, resume_states  # torch: only once the cheap checks pass
+    from launch.verify import BAD_STATUSES, verify_file
+
     states = resume_states(run_dir)
     if not states:
         raise UserError(f"{run_dir}: no resume state (resume_<step>.pt) to continue from")
     newest = states[-1]
-    from launch.verify import BAD_STATUSES, verify_file
-
     checked = verify_file(newest)
     if checked.status in BAD_STATUSES:
         raise UserError(f"{newest}: the parent's final resume state is {checked.status}: {checked.detail}")
     step = int(newest.name[len(RESUME_PREFIX):-len(".pt")])
     root, rel = _locate(run_dir, str(info.get("rel_dir") or ""))
-    return Parent(run_dir=run_dir, root=root, rel_dir=rel, info=info, resume_state=newest, step=step)
+    return Parent(run_dir=run_dir, root=root, rel_dir=rel, info=info, experiment=experiment, resume_state=newest,
+                  step=step)
 
 
 def _locate(run_dir: Path, rel_dir: str) -> tuple[Path, str]:
@@ -102,16 +108,12 @@ def child_rel_dir(parent_rel: str, steps: int, lr: float | None) -> str:
 def child_info(parent: Parent, steps: int, lr: float | None) -> dict[str, Any]:
     """The child's run.json: extended config (the experiment's hook), new key, provenance."""
     info = parent.info
-    experiment = load_experiment(info["experiment"])
-    extend = getattr(experiment, "extend", None)
-    if extend is None:
-        raise UserError(f"experiment {info['experiment']!r} cannot extend a finished run (it has no extend hook)")
-    config = extend(dict(info["config"]), steps, lr)
-    problems = experiment.check(config)
+    config = parent.experiment.extend(dict(info["config"]), steps, lr)
+    problems = parent.experiment.check(config)
     if problems:
         raise UserError(f"the extended config is invalid: {problems[0]}")
     changed = {k: [info["config"].get(k), v] for k, v in config.items() if info["config"].get(k) != v}
-    sidecar = read_json(parent.resume_state.with_name(parent.resume_state.name + SIDECAR_SUFFIX)) or {}
+    sidecar = read_json(_sidecar(parent.resume_state)) or {}
     return {**info, "rel_dir": child_rel_dir(parent.rel_dir, steps, lr), "config": config,
             "run_key": run_key(info["experiment"], config),
             "parent": {"run_dir": parent.rel_dir, "run_key": info.get("run_key"), "step": parent.step,
@@ -133,7 +135,7 @@ def create_child(parent: Parent, info: dict[str, Any]) -> tuple[Path, bool]:
     stage = child.with_name(f".{child.name}.tmp{os.getpid()}")
     try:
         stage.mkdir()
-        for src in (parent.resume_state, parent.resume_state.with_name(parent.resume_state.name + SIDECAR_SUFFIX),
+        for src in (parent.resume_state, _sidecar(parent.resume_state),
                     parent.run_dir / METRICS_FILE):
             if src.exists():
                 shutil.copy2(src, stage / src.name)
@@ -198,6 +200,12 @@ def resume_command(run_dir: Path, steps: int, lr: float | None, cluster: str | N
         raise
     store.update_state(info["rel_dir"], job_id=submitted[0].job_id)
     click.echo(f"submitted {shown} as job {submitted[0].job_id}; follow it with `sweep logs {shown}`")
+
+
+def _sidecar(checkpoint: Path) -> Path:
+    from launch.checkpoint import SIDECAR_SUFFIX
+
+    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
 
 
 def _shown(path: Path) -> Path:
