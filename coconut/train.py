@@ -42,7 +42,7 @@ from coconut.data import (
     training_example,
 )
 from coconut.generate import generate_dataset
-from coconut.model import BASELINES, MODEL_NAMES, PAUSE_MODES, Coconut, ModelConfig, ThoughtFn, build_model
+from coconut.model import BASELINES, PAUSE_MODES, Coconut, ModelConfig, ThoughtFn, build_model
 from launch.checkpoint import (
     load_checkpoint,
     load_latest_resume_state,
@@ -181,12 +181,12 @@ def accuracy(answers: list[str], gold: list[dict]) -> float:
 
 def sharded_accuracy(model: Coconut, tok: Any, examples: list[Tokenized], gold: list[dict], stage: int,
                      cur: Curriculum, device: str, config: dict[str, Any], rank: int, world: int) -> float:
+    """Validation accuracy, each rank answering every world-th question; counts summed over ranks."""
     mine = list(range(rank, len(examples), world))
     answers = answer_questions(model, tok, [examples[i] for i in mine], stage, cur, device,
                                config["eval_batch_size"], config["max_new_tokens"])
-    correct = torch.tensor([sum(a == gold[i]["answer"].replace(",", "").strip() for a, i in zip(answers, mine,
-                                                                                                  strict=True))],
-                           dtype=torch.float64, device=device)
+    n_correct = sum(a == gold[i]["answer"].replace(",", "").strip() for a, i in zip(answers, mine, strict=True))
+    correct = torch.tensor([float(n_correct)], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(correct)
     return float(correct) / len(examples)
@@ -403,8 +403,4 @@ def final_test(config: dict[str, Any], ctx: RunContext, device: str) -> None:
                                config["max_new_tokens"])
     ctx.log(config["num_epochs"], {"accuracy": accuracy(answers, test_raw), "best_epoch": int(state["epoch"]),
                                "stage": stage}, "test")
-
-
-def default_model_name(config: dict[str, Any]) -> str:
-    return config["model_name"] or MODEL_NAMES.get(config["feedback_mode"], config["feedback_mode"])
 

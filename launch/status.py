@@ -36,6 +36,9 @@ _SLURM = {
 }
 
 
+_FROM_DISK = {st.SUBMITTED: PENDING, st.RUNNING: RUNNING, st.REQUEUED: REQUEUED}
+
+
 @dataclass
 class RunStatus:
     run: Run
@@ -159,11 +162,10 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                     s.state = REQUEUED
                 else:
                     s.state = mapped
-            elif warning and "unreachable" in warning or not query:
-                s.state = {st.SUBMITTED: PENDING, st.RUNNING: RUNNING, st.REQUEUED: REQUEUED}[dstate]
-            elif sched or slurm_ids:
-                # not (yet) known to the scheduler: sacct lags sbatch by a few seconds
-                s.state = {st.SUBMITTED: PENDING, st.RUNNING: RUNNING, st.REQUEUED: REQUEUED}[dstate]
+            else:
+                # scheduler not asked, unreachable, or not knowing the job yet (sacct lags
+                # sbatch by a few seconds): what the run last wrote
+                s.state = _FROM_DISK[dstate]
         if details:
             prog = read_json(store.run_dir(r) / PROGRESS_FILE) or {}
             s.step = prog.get("step")

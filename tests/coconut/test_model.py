@@ -140,3 +140,19 @@ def test_batched_generation_equals_one_at_a_time(tok, examples, mode):
     single = [reference_generate(model, p, max_new_tokens=12) for p in prompts]
     assert batched == single
     assert len({tuple(s) for s in single}) > 1
+
+
+def test_pretrained_base_model_from_a_local_path(tok, tmp_path):
+    """The from_pretrained path (what base_model: openai-community/gpt2 takes), offline from a saved model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from launch.errors import UserError
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_layer=1, n_embd=16, n_head=2)).save_pretrained(tmp_path / "gpt2")
+    model = build_model(ModelConfig(feedback_mode="continuous", base_model=str(tmp_path / "gpt2")), tok)
+    emb = model.base_causallm.get_input_embeddings().weight
+    assert emb.shape == (50260, 16) and model.base_causallm.config.n_layer == 1
+    assert torch.equal(emb[50259], emb[tok.convert_tokens_to_ids("<<")])
+    with pytest.raises(UserError, match="base_model"):
+        build_model(ModelConfig(base_model=str(tmp_path / "missing")), tok)
