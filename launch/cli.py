@@ -124,8 +124,23 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
               concurrency=concurrency, echo=click.echo)
 
 
+def _launched_specs(root: str | None) -> tuple[str, ...]:
+    """The spec files launched into a tree (from its manifests), for `sweep status` without SPEC."""
+    from launch.store import Store
+
+    store = Store(Path(root or "checkpoints"))
+    found = []
+    for m in sorted((store.meta / "manifests").glob("*.json")):
+        info = json.loads(m.read_text())
+        if Path(info.get("spec_file", "")).exists():
+            found.append(info["spec_file"])
+    if not found:
+        raise UserError(f"no SPEC given and no launched spec found under {store.root}/.sweep/manifests")
+    return tuple(found)
+
+
 @cli.command()
-@click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
+@click.argument("spec_paths", metavar="[SPEC]...", nargs=-1)
 @root_option
 @only_option
 @click.option("-v", "--verbose", is_flag=True, help="One row per run.")
@@ -134,10 +149,11 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
 @click.option("--no-scheduler", is_flag=True, help="Do not query SLURM; disk state only.")
 def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
            as_json: bool, no_scheduler: bool) -> None:
-    """Counts of runs by state; -v for one row per run."""
+    """Counts of runs by state; -v for one row per run. Without SPEC: every spec launched into the tree."""
     from launch import status as stt
     from launch.store import Store
 
+    spec_paths = spec_paths or _launched_specs(root)
     loaded = [_load(p, root, only) for p in spec_paths]
     all_rows, all_counts = [], {}
     for spec, runs in loaded:

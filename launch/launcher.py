@@ -102,7 +102,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
-        store.write_manifest(spec.name, spec.file, runs)
+        store.write_manifest(spec.name, os.path.abspath(spec.file), runs)
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         for r in p.to_submit:
             store.prepare(r, spec.wandb, spec.max_requeues)

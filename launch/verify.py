@@ -155,14 +155,33 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _spec_run_dirs(spec_file: Path, root: str | None) -> list[Path]:
+    """The existing run directories of a spec (a spec names its tree; verify walks its runs)."""
+    from launch.spec import load_spec
+    from launch.store import Store
+    from launch.tasks import expand
+
+    spec = load_spec(spec_file, root=root)
+    store = Store(spec.root)
+    return [d for d in (store.run_dir(r) for r in expand(spec)) if d.is_dir()]
+
+
 @click.command("verify")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--root", default=None, help="Tree root for SPEC arguments (default: the spec's).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the bad files and the summary.")
-def verify_command(paths: tuple[Path, ...], quiet: bool) -> None:
-    """Check checkpoints under PATHS (directories or files): size and sha256
-    against each file's sidecar, and a safe (weights-only) load. Exits 1 when
-    any checkpoint is missing, modified or unloadable."""
-    report = verify_paths(paths)
+def verify_command(paths: tuple[Path, ...], root: str | None, quiet: bool) -> None:
+    """Check checkpoints under PATHS (directories, files, or specs: their run
+    directories): size and sha256 against each file's sidecar, and a safe
+    (weights-only) load. Exits 1 when any checkpoint is missing, modified or
+    unloadable."""
+    targets: list[Path] = []
+    for p in paths:
+        if p.is_file() and p.suffix in (".yaml", ".yml"):
+            targets += _spec_run_dirs(p, root)
+        else:
+            targets.append(p)
+    report = verify_paths(targets)
     shown = VerifyReport(report.bad) if quiet else report
     if shown.files:
         click.echo(format_report(shown))

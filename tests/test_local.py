@@ -149,3 +149,16 @@ def test_logs_and_sequential_packs(tmp_path: Path):
     assert "RuntimeError: noop: failing at step 2" in log and "==> error" in log
     p = sweep("logs", tmp_path, check=False)
     assert p.returncode == 2 and "not a run directory" in p.stderr
+
+
+def test_status_without_spec_reads_the_trees_manifests(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    out = sweep("status", "--root", root, cwd=tmp_path.parent).stdout
+    assert out.strip() == "spec: 8 runs — 8 completed"
+    p = sweep("status", "--root", tmp_path / "empty", check=False)
+    assert p.returncode == 2 and "no launched spec found" in p.stderr

@@ -33,8 +33,8 @@ def test_ci_sortgpt_grid_on_slurm(slurm, tmp_path: Path):
     assert parse_checkpoint_name(finals[0])["step"] == 300
     assert any(n.startswith("Checkpoint_") and n.endswith("_iters151.pt") for n in names)
     assert (run_dir / (finals[0] + ".json")).exists()
-    v = sweep("verify", root)
-    assert "0 bad" in v.stdout or "ok" in v.stdout.lower()
+    v = sweep("verify", SPEC, "--root", root, "-q")
+    assert "verify passed: 48 checkpoint(s): 48 ok" in v.stdout  # 12 runs x (Checkpoint, Final, 2 resume)
 
     sweep("collect", SPEC, "--root", root, "-o", tmp_path / "r.parquet")
     df = pd.read_parquet(tmp_path / "r.parquet")
