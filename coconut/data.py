@@ -27,11 +27,13 @@ IGNORE = -100  # label value the loss skips
 
 def find_data_dir(data_dir: str = "") -> Path:
     """The folder with ``prosqa_valid.json`` / ``prosqa_test.json``: ``data_dir`` when given, else
-    ``$COCONUT_DATA_DIR``, else ``shared/data/prosqa`` next to or inside the repository."""
-    repo = Path(__file__).resolve().parents[1]
+    ``$COCONUT_DATA_DIR``, else the copy shipped in ``coconut/prosqa_data``, else ``shared/data/prosqa``
+    next to or inside the repository."""
+    here = Path(__file__).resolve().parent
+    env = [Path(os.environ["COCONUT_DATA_DIR"])] if os.environ.get("COCONUT_DATA_DIR") else []
     candidates = [Path(data_dir)] if data_dir else [
-        *( [Path(os.environ["COCONUT_DATA_DIR"])] if os.environ.get("COCONUT_DATA_DIR") else []),
-        repo.parent / "shared" / "data" / "prosqa", repo / "shared" / "data" / "prosqa",
+        *env, here / "prosqa_data", here.parent.parent / "shared" / "data" / "prosqa",
+        here.parent / "shared" / "data" / "prosqa",
     ]
     for c in candidates:
         if (c / "prosqa_valid.json").is_file():
