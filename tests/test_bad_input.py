@@ -312,6 +312,11 @@ def verify_missing_path(tmp: Path) -> list[str]:
     return ["verify", "gone"]
 
 
+@case("test_max_k: 40 distinct numbers cannot be drawn from vocab_n=16")
+def verify_invalid_spec(tmp: Path) -> list[str]:
+    return ["verify", sortgpt_spec(tmp, "test_max_k: 6", "test_max_k: 40")]
+
+
 @case("unloadable", code=1)
 def verify_truncated_checkpoint(tmp: Path) -> list[str]:
     path = checkpoint(tmp)

@@ -90,6 +90,8 @@ def test_round_trip_through_a_local_folder_then_verify_and_collect(base: Path, t
     assert files(down) == uploaded
     verified = sweep("verify", down).stdout
     assert "verify passed: 2 checkpoint(s): 2 ok" in verified
+    by_spec = sweep("verify", down / "specs" / "tiny_hub.yaml", "--root", down).stdout  # the uploaded spec's runs
+    assert "verify passed: 2 checkpoint(s): 2 ok" in by_spec
     # the downloaded tree is a tree root again: collect reads it with the uploaded spec
     sweep("collect", down / "specs" / "tiny_hub.yaml", "--root", down, "-o", tmp_path / "r.parquet")
     table = pd.read_parquet(tmp_path / "r.parquet")
