@@ -138,10 +138,25 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 
 def packed_forward(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTConfig,
-                   positions: slice | None = None) -> torch.Tensor:
+                   positions: slice | None = None, trunk: Callable[..., torch.Tensor] | None = None
+                   ) -> torch.Tensor:
     """GPT.forward (sortgpt/model.py) for n runs: ``p`` maps parameter names to
     (n, *shape) tensors, ``idx`` is (n, B, T); returns logits (n, B, T', V) for
-    ``positions``. Mirrors the model block by block; a test holds them equal."""
+    ``positions``. ``trunk`` replaces :func:`packed_trunk` (e.g. compiled: the
+    trunk has no Python slice arguments, so varying K does not recompile it)."""
+    x = (trunk or packed_trunk)(p, idx, config)
+    if positions is not None:
+        x = x[:, :, positions]
+    x = _norm(x, p, "ln_f")
+    n, B, Tp, C = x.shape
+    wte = p["wte.weight"]
+    logits = torch.bmm(x.reshape(n, B * Tp, C), wte.transpose(1, 2))  # tied head, no bias
+    return logits.view(n, B, Tp, wte.shape[1])
+
+
+def packed_trunk(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTConfig) -> torch.Tensor:
+    """Embedding and blocks (the residual stream before the final norm), mirroring
+    the model block by block; a test holds them equal."""
     n, B, T = idx.shape
     C, H = config.n_embd, config.n_heads
     wte = p["wte.weight"]  # (n, V, C)
@@ -163,12 +178,7 @@ def packed_forward(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTCon
             h = _norm(x, p, pre + "ln_2")
             h = F.gelu(_linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
             x = x + _linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
-    if positions is not None:
-        x = x[:, :, positions]
-    x = _norm(x, p, "ln_f")
-    Tp = x.shape[2]
-    logits = torch.bmm(x.reshape(n, B * Tp, C), wte.transpose(1, 2))  # tied head, no bias
-    return logits.view(n, B, Tp, V)
+    return x
 
 
 # -- optimizer -------------------------------------------------------------------
@@ -411,7 +421,7 @@ class Pack:
         self.pad = int(first.cfg["vocab_n"])  # SEP; padded positions are never scored
         self.overhead = bucket_overhead_tokens(first.model, device) if overhead_tokens is None else overhead_tokens
         self.max_chunk_tokens = max_chunk_tokens
-        self.forward = torch.compile(packed_forward, dynamic=True) if compile_model else packed_forward
+        self.trunk = torch.compile(packed_trunk, dynamic=True) if compile_model else packed_trunk
         moments = [_optimizer_moments(r, self.layout) for r in runs]
         self.weights = torch.stack([self.layout.flatten(r.model) for r in runs]).requires_grad_(True)
         group0 = first.optimizer.param_groups[0]
@@ -432,7 +442,8 @@ class Pack:
 
     def logits(self, rows: list[int], tokens: torch.Tensor, positions: slice) -> torch.Tensor:
         with single.autocast_for(self.device):
-            return self.forward(self.layout.unflatten(_rows(self.weights, rows)), tokens, self.config, positions)
+            return packed_forward(self.layout.unflatten(_rows(self.weights, rows)), tokens, self.config, positions,
+                                  self.trunk)
 
     # -- training ------------------------------------------------------------------
     def train_step(self) -> None:
