@@ -102,7 +102,9 @@ launch() {
     local exe=""
     for _ in $(seq 50); do
         exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
-        case "$exe" in */setsid | */setpriv | "") sleep 0.05 ;; *) break ;; esac
+        # until the daemon itself runs: the forked subshell (bash) and the
+        # setsid/setpriv wrappers come first, and a busy machine can show them
+        case "$exe" in */setsid | */setpriv | */bash | */sh | */dash | "") sleep 0.05 ;; *) break ;; esac
     done
     [ -n "$exe" ] || { tail -n 30 "$LOG/$name.out" >&2; start_failed "$name exited immediately"; }
     echo "$pid $exe" > "$RUN/$name.pid"
@@ -332,6 +334,10 @@ do_start() {
     fi
     # partial / stale leftovers of a previous run of this script: clean them.
     do_stop > /dev/null 2>&1 || true
+    # daemons of ours whose pid files were lost (two starts racing): they are
+    # recognisable by this state dir's private socket and datadir paths
+    pkill -f -- "--socket=$MUNGE_SOCK" 2> /dev/null && sleep 0.5 || true
+    pkill -f -- "--datadir=$DB_DIR/data" 2> /dev/null && sleep 1 || true
     local t0=$SECONDS
 
     ensure_packages
