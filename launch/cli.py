@@ -329,7 +329,9 @@ def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        cli.main(args=argv, prog_name="sweep", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="sweep", standalone_mode=False)
+        if isinstance(rc, int) and rc:  # ctx.exit(n) returns n when click is not standalone
+            sys.exit(rc)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

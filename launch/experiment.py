@@ -144,7 +144,7 @@ class RunContext:
                 project=cfg.get("project", "sweep"), entity=cfg.get("entity"),
                 mode=cfg.get("mode", "offline"), group=self.group, name=self.name,
                 id=self.run_key, resume="allow", dir=str(self.run_dir),
-                config=cfg.get("config"), reinit=True,
+                config=cfg.get("config"), reinit="create_new",  # packs hold several runs at once
             )
         return self._wandb_run
 

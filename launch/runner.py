@@ -28,6 +28,14 @@ from launch.provenance import git_commit
 from launch.store import Store, read_json
 
 
+def global_rank() -> int:
+    """This process's rank in a multi-task job (0 when alone)."""
+    try:
+        return int(submitit.JobEnvironment().global_rank)
+    except RuntimeError:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+
+
 def current_job_id() -> str:
     try:
         return str(submitit.JobEnvironment().job_id)
@@ -173,7 +181,16 @@ def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
 
 
 def run_unit(root: Path, rel_dirs: list[str]) -> list[bool]:
-    """A unit of several runs is packed when the experiment can (same pack_key), else run in turn."""
+    """A unit of several runs is packed when the experiment can (same pack_key), else run in turn.
+
+    In a multi-task job (data parallel) only rank 0 keeps the books (state,
+    log.txt); the other ranks just run the experiment alongside it."""
+    if global_rank() != 0:
+        for rel in rel_dirs:
+            info = read_json(Path(root) / rel / st.RUN_FILE) or {}
+            if info and not info.get("_corrupt") and Store(root).state(rel).get("state") != st.COMPLETED:
+                load_experiment(info["experiment"]).run(info["config"], _context(Store(root), rel, info))
+        return [True] * len(rel_dirs)
     if len(rel_dirs) > 1:
         infos = [read_json(Path(root) / rel / st.RUN_FILE) or {} for rel in rel_dirs]
         names = {i.get("experiment") for i in infos}

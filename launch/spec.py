@@ -17,7 +17,7 @@ from launch.errors import SpecError, UserError
 from launch.experiment import Experiment, load_experiment
 
 TOP_KEYS = {"experiment", "name", "root", "group", "path", "fixed", "axes", "seeds",
-            "resources", "wandb", "pack", "max_requeues", "description"}
+            "resources", "wandb", "pack", "max_requeues", "description", "gates"}
 AXIS_KEYS = {"params", "param", "values", "group", "name"}
 RESOURCE_KEYS = {
     "partition": str, "time_min": int, "gpus": int, "cpus": int, "mem_gb": (int, float),
@@ -164,6 +164,9 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     max_requeues = raw.get("max_requeues", 5)
     if not isinstance(max_requeues, int) or isinstance(max_requeues, bool) or max_requeues < 0:
         raise SpecError(file, "max_requeues", f"must be a non-negative integer, got {max_requeues!r}")
+
+    if raw.get("gates") is not None and not isinstance(raw["gates"], dict):
+        raise SpecError(file, "gates", f"must be a mapping of thresholds, got {_tname(raw['gates'])}")
 
     root_path = Path(root) if root is not None else Path(_expect(raw.get("root", "checkpoints"), str, file, "root"))
     return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,

@@ -79,8 +79,9 @@ def verify_paths(paths: Iterable[str | Path]) -> VerifyReport:
             for found in sorted(path.rglob("*.pt")):
                 if found.is_file():
                     checkpoints.setdefault(found.resolve(), found)
-            for sidecar in sorted(path.rglob(f"*.pt{SIDECAR_SUFFIX}")):
-                sidecars.setdefault(sidecar.resolve(), sidecar)
+            for sidecar in sorted(path.rglob(f"*{SIDECAR_SUFFIX}")):
+                if _is_sidecar(sidecar):
+                    sidecars.setdefault(sidecar.resolve(), sidecar)
         elif path.name.endswith(f".pt{SIDECAR_SUFFIX}"):
             sidecars.setdefault(path.resolve(), path)
         else:
@@ -98,6 +99,24 @@ def verify_paths(paths: Iterable[str | Path]) -> VerifyReport:
         else:
             report.files.append(VerifiedFile(checkpoint, MISSING, f"sidecar {sidecar.name} exists, the file does not"))
     return report
+
+
+_NOT_SIDECARS = {"run.json", "state.json", "progress.json", "noop_state.json", "corruption.json"}
+
+
+def _is_sidecar(path: Path) -> bool:
+    """``x.pt.json``, or any other ``<file>.json`` that records a sha256 (coconut's
+    ``checkpoint_<epoch>.json``): the harness's own JSON files are not."""
+    if path.name.endswith(f".pt{SIDECAR_SUFFIX}"):
+        return True
+    if path.name in _NOT_SIDECARS or path.parent.name == ".sweep" or ".sweep" in path.parts:
+        return False
+    try:
+        with open(path) as f:
+            head = f.read(65536)
+        return '"sha256"' in head
+    except OSError:
+        return False
 
 
 def verify_file(path: Path) -> VerifiedFile:

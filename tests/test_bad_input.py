@@ -303,10 +303,6 @@ def sort_checkpoint_of_another_model(tmp: Path) -> list[str]:
 
 # -- `sweep verify`: a bad argument is exit 2; bad files are exit 1 with the report ----------
 
-CLI_EXIT_BUG = ("launch/cli.py main() calls cli.main(standalone_mode=False), which *returns* the code of "
-                "ctx.exit(1) instead of raising, and main() drops it: `sweep verify` exits 0 on bad files")
-
-
 @case("Path 'gone' does not exist")
 def verify_missing_path(tmp: Path) -> list[str]:
     return ["verify", "gone"]
@@ -465,8 +461,7 @@ def test_at_least_thirty_distinct_cases() -> None:
     assert len({c.name for c in CASES}) == len(CASES) >= 30
 
 
-@pytest.mark.parametrize("bad", [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=CLI_EXIT_BUG)]
-                                              if c.code == 1 else []) for c in CASES])
+@pytest.mark.parametrize("bad", [pytest.param(c, id=c.name) for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(tmp_path: Path, bad: Case) -> None:
     args = bad.setup(tmp_path)
     before = tree_snapshot(tmp_path)
