@@ -15,11 +15,13 @@ $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 
 venv: $(BIN)/sweep
 
-# The main job on the embedded CI-sized grid: local executor -> Parquet -> plots + summary.
+# The main job on the embedded CI-sized grids (sortgpt + coconut): local executor ->
+# Parquet -> plots + summary. Takes a few minutes on 2 cores.
+DEMO_SPECS := sweeps/ci_sortgpt.yaml sweeps/ci_coconut.yaml
 demo: venv
-	$(BIN)/sweep launch sweeps/ci_sortgpt.yaml --cluster local --root $(OUT)/checkpoints
-	$(BIN)/sweep wait sweeps/ci_sortgpt.yaml --root $(OUT)/checkpoints
-	$(BIN)/sweep collect sweeps/ci_sortgpt.yaml --root $(OUT)/checkpoints -o $(OUT)/results.parquet
+	for s in $(DEMO_SPECS); do $(BIN)/sweep launch $$s --cluster local --root $(OUT)/checkpoints || exit 1; done
+	$(BIN)/sweep wait $(DEMO_SPECS) --root $(OUT)/checkpoints
+	$(BIN)/sweep collect $(DEMO_SPECS) --root $(OUT)/checkpoints -o $(OUT)/results.parquet
 	$(BIN)/sweep plot $(OUT)/results.parquet -o $(OUT)/plots
 	$(BIN)/sweep summary $(OUT)/results.parquet
 

@@ -162,3 +162,24 @@ def test_status_without_spec_reads_the_trees_manifests(tmp_path: Path):
     assert out.strip() == "spec: 8 runs — 8 completed"
     p = sweep("status", "--root", tmp_path / "empty", check=False)
     assert p.returncode == 2 and "no launched spec found" in p.stderr
+
+
+def test_two_launches_at_once_submit_each_run_once(tmp_path: Path):
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.5").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    cmd = [sys.executable, "-m", "launch.cli", "launch", str(spec), "--cluster", "local", "--root", str(root)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    submitted = sorted(int(o.split("submitted ")[1].split()[0]) if "submitted" in o else 0 for o in outs)
+    # one launch took all 8 runs; the other, after the lock, found them pending
+    assert submitted == [0, 8], outs
+    assert any("nothing to submit" in o for o in outs), outs
+    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    states = [json.loads((root / r["rel_dir"] / "state.json").read_text()) for r in status_json(spec, root)["runs"]]
+    assert all(s["state"] == "completed" and s["attempts"] == 1 for s in states)

@@ -48,3 +48,57 @@ def test_ci_sortgpt_grid_on_slurm(slurm, tmp_path: Path):
     # and the model sorts from the command line
     s = sweep("sort", run_dir / finals[0], "5", "3", "9", "1")
     assert "1 3 5 9" in s.stdout
+
+
+PREEMPT_SPEC = """
+experiment: sortgpt
+group: "pre"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {vocab_n: 16, n_embd: 16, n_layers: 1, use_mlp: true, train_min_k: 2, train_max_k: 4, test_min_k: 5,
+        test_max_k: 6, max_iters: 160, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
+        eval_every: 40, eval_samples: 20, checkpoint_iter: 81, save_every: 20, keep_resume: 2, device: cpu}
+axes:
+  - {length_mode: [curriculum]}
+seeds: [7]
+resources: {time_min: 10, cpus: 1, signal_delay_s: 30}
+"""
+
+
+@pytest.mark.slurm
+def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, tmp_path: Path):
+    import subprocess
+    import time
+
+    import torch
+
+    from launch.store import Store, read_jobs
+    from tests.helpers import wait_for
+
+    spec = tmp_path / "pre.yaml"
+    spec.write_text(PREEMPT_SPEC)
+    root, twin = tmp_path / "tree", tmp_path / "twin"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    run_dir = root / "pre/task_0000/seed7"
+    # preempt once a resume state exists and training is under way past it
+    wait_for(lambda: list(run_dir.glob("resume_*.pt")), timeout=120, interval=0.2, what="a resume state")
+    time.sleep(0.5)
+    job = next(iter(read_jobs(Store(root), "pre").values()))
+    subprocess.check_call(["scancel", job, "--signal", "SIGTERM"])
+    subprocess.check_call(["scancel", job, "--signal", "USR2"])
+    sweep("launch", spec, "--cluster", "local", "--root", twin)
+    for r in (root, twin):
+        p = sweep("wait", spec, "--root", r, "--interval", "1", "--timeout", "300", check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["requeues"] == 1 and state["attempts"] == 2, state
+    twin_dir = twin / "pre/task_0000/seed7"
+    final = next(run_dir.glob("Final_*.pt")).name
+    a = torch.load(run_dir / final, weights_only=True)["model"]
+    b = torch.load(twin_dir / final, weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def records(d: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "time"}
+                for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+    assert records(run_dir) == records(twin_dir)
