@@ -34,7 +34,7 @@ LONG = """
 experiment: noop
 group: "long"
 path: "{group}/task_{task:04d}/seed{seed}"
-fixed: {steps: 24, step_sleep_s: 0.25}
+fixed: {steps: 60, step_sleep_s: 0.25}
 axes:
   - {x: [3]}
 seeds: [11]

@@ -17,7 +17,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -189,6 +188,22 @@ seeds: [1, 2]
 """
 
 
+TINY_COCONUT_SPEC = """
+experiment: coconut
+name: tiny_coconut
+group: "{model_name}"
+path: "coconut/{group}/seed{seed}"
+fixed: {base_model: "", n_layer: 1, n_embd: 32, n_head: 2, c_thought: 1, epochs_per_stage: 1,
+        max_latent_stage: 1, num_epochs: 2, lr: 1.0e-3, batch_size: 16, grad_accum: 1, train_size: 32,
+        val_size: 8, max_new_tokens: 24, eval_batch_size: 8, keep_checkpoints: 1, device: cpu}
+axes:
+  - params: [feedback_mode, model_name]
+    values: [[continuous, coconut], [pause_curriculum, pause-curriculum]]
+    group: true
+seeds: [0, 1]
+"""
+
+
 def _sweep(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "launch.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
@@ -202,19 +217,15 @@ def _real_sweep_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("real_sweep")
     spec, root = work / "tiny_sortgpt.yaml", work / "tree"
     spec.write_text(TINY_SORTGPT_SPEC)
-    launched = _sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
-    assert launched.returncode == 0, launched.stderr
-    deadline = time.time() + 300
-    while True:
-        status = _sweep("status", spec, "--root", root, "--json")
-        counts = json.loads(status.stdout)["counts"]["tiny_sortgpt"]
-        if counts["pending"] == counts["running"] == counts["not_submitted"] == counts["requeued"] == 0:
-            break
-        assert time.time() < deadline, f"tiny sweep still not done after 300 s: {counts}"
-        time.sleep(2.0)
-    assert counts["completed"] == 4, f"tiny sweep: {counts}"
+    coconut_spec = work / "tiny_coconut.yaml"
+    coconut_spec.write_text(TINY_COCONUT_SPEC)
+    for s in (spec, coconut_spec):
+        launched = _sweep("launch", s, "--cluster", "local", "--root", root, "--concurrency", "2")
+        assert launched.returncode == 0, launched.stderr
+    waited = _sweep("wait", spec, coconut_spec, "--root", root, "--interval", "1", "--timeout", "400", timeout=450)
+    assert waited.returncode == 0, f"tiny sweeps did not all complete: {waited.stdout} {waited.stderr}"
     out = work / "results.parquet"
-    collected = _sweep("collect", spec, "--root", root, "-o", out)
+    collected = _sweep("collect", spec, coconut_spec, "--root", root, "-o", out)
     assert collected.returncode == 0, collected.stderr
     return out
 
