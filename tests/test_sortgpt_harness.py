@@ -55,8 +55,8 @@ experiment: sortgpt
 group: "pre"
 path: "{group}/task_{task:04d}/seed{seed}"
 fixed: {vocab_n: 16, n_embd: 16, n_layers: 1, use_mlp: true, train_min_k: 2, train_max_k: 4, test_min_k: 5,
-        test_max_k: 6, max_iters: 160, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
-        eval_every: 40, eval_samples: 20, checkpoint_iter: 81, save_every: 20, keep_resume: 2, device: cpu}
+        test_max_k: 6, max_iters: 2000, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
+        eval_every: 500, eval_samples: 20, checkpoint_iter: 1001, save_every: 100, keep_resume: 2, device: cpu}
 axes:
   - {length_mode: [curriculum]}
 seeds: [7]
@@ -82,10 +82,12 @@ def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, t
     # preempt once a resume state exists and training is under way past it
     wait_for(lambda: list(run_dir.glob("resume_*.pt")), timeout=120, interval=0.2, what="a resume state")
     time.sleep(0.5)
+    assert not list(run_dir.glob("Final_*.pt")), "the run finished before it could be preempted"
     job = next(iter(read_jobs(Store(root), "pre").values()))
     subprocess.check_call(["scancel", job, "--signal", "SIGTERM"])
     subprocess.check_call(["scancel", job, "--signal", "USR2"])
-    sweep("launch", spec, "--cluster", "local", "--root", twin)
+    # the twin runs under SLURM too: same thread count (cpus: 1), so the same float reductions
+    sweep("launch", spec, "--cluster", "slurm", "--root", twin)
     for r in (root, twin):
         p = sweep("wait", spec, "--root", r, "--interval", "1", "--timeout", "300", check=False)
         assert p.returncode == 0, p.stdout + p.stderr
