@@ -106,18 +106,20 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         for r in p.to_submit:
             store.prepare(r, spec.wandb, spec.max_requeues)
-            store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
-                               submitted_at=time.time(), requeues=0, error=None, ended_at=None)
+            if previous[r.rel_dir]:  # a retry: reset what the last attempt left
+                store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
+                                   submitted_at=time.time(), requeues=0, error=None, ended_at=None)
+            # a fresh run gets no state.json yet: the jobs file below says it is submitted
+            # (10,000 fewer files to write at launch)
         try:
             submitted = backend.submit(p.units, array_size)
         except BaseException:
             for r in p.to_submit:  # leave the runs as they were
                 if previous[r.rel_dir]:
                     write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
-                else:
-                    (store.run_dir(r) / st.STATE_FILE).unlink(missing_ok=True)
             raise
         record_jobs(store, spec.name, {rel: s.job_id for s in submitted for rel in s.unit})
+        # a run whose job started before the jobs file was written has its own state.json already
         ids = sorted({s.job_id.split("_")[0] for s in submitted})
         what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
             if cluster == "slurm" else f"the local queue {ids[0]}"
@@ -154,7 +156,7 @@ def _print_plan(spec: Spec, runs: list[Run], p: LaunchPlan, cluster: str, res: d
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         if arrays:
             echo("--- sbatch script of the first array ---")
-            echo(render_sbatch(params, store.submitit_dir() / "%j", len(arrays[0])))
+            echo(render_sbatch(params, store.submitit_dir(), len(arrays[0])))
     else:
         echo(f"local executor: at most {concurrency or res.get('local_concurrency') or os.cpu_count()} "
              f"runs at once")

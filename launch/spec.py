@@ -233,7 +233,7 @@ def _check_param(name: str, value: Any, defaults: dict[str, Any], file: str, key
     if name not in defaults:
         raise SpecError(file, key, f"experiment {exp_name!r} has no parameter {name!r}")
     want = defaults[name]
-    if want is None or value is None and want is None:
+    if want is None:  # the experiment takes anything here
         return
     ok: bool
     if isinstance(want, bool):

@@ -8,6 +8,7 @@ one ``sacct`` call for all jobs, ``squeue`` when accounting is off, disk alone
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -120,7 +121,11 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
     for rel, d in disk.items():  # the latest submission's id wins over what a run recorded
-        if d and not d.get("_corrupt") and rel in jobs:
+        if rel not in jobs:
+            continue
+        if not d:  # submitted, not started: the launcher writes no state.json for fresh runs
+            disk[rel] = {"state": st.SUBMITTED, "job_id": jobs[rel]}
+        elif not d.get("_corrupt"):
             d["job_id"] = jobs[rel]
     slurm_ids = {d["job_id"] for d in disk.values()
                  if d and d.get("job_id") and not str(d["job_id"]).startswith(("local:", "pid"))
@@ -190,8 +195,6 @@ def _last_metric(store: Store, r: Run) -> str | None:
             lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return None
-    import json
-
     for line in reversed(lines):
         try:
             rec = json.loads(line)
