@@ -23,7 +23,7 @@ class SortGPTExperiment:
             "max_iters": 40000, "batch_size": 4096, "max_lr": 1e-4, "min_lr": 1e-6, "warmup_iters": 400,
             "curriculum_warmup_iters": 0, "curriculum_span_iters": 20000,
             "eval_every": 250, "eval_samples": 100, "checkpoint_iter": 20001,
-            "save_every": 1000, "keep_resume": 2,
+            "save_every": 1000, "keep_resume": 2, "save_best": False,
             "seed": 1337, "device": "auto",
         }
 

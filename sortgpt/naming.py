@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-KINDS = ("Checkpoint", "Final")
+KINDS = ("Checkpoint", "Final", "Best")  # Best: the weights of the best evaluation so far (save_best)
 
 
 def checkpoint_name(kind: str, cfg: dict[str, Any], step: int) -> str:
@@ -25,7 +25,7 @@ def checkpoint_name(kind: str, cfg: dict[str, Any], step: int) -> str:
 
 
 _NAME = re.compile(
-    r"^(?P<kind>Checkpoint|Final)_N(?P<vocab_n>\d+)_d(?P<n_embd>\d+)_H(?P<n_heads>\d+)_L(?P<n_layers>\d+)"
+    r"^(?P<kind>Checkpoint|Final|Best)_N(?P<vocab_n>\d+)_d(?P<n_embd>\d+)_H(?P<n_heads>\d+)_L(?P<n_layers>\d+)"
     r"_npos(?P<no_pos_emb>[01])_mlp(?P<use_mlp>[01])_ln(?P<use_layernorm>[01])_len(?P<length_mode>[a-z]+)"
     r"_trainK(?P<train_min_k>\d+)to(?P<train_max_k>\d+)_testK(?P<test_min_k>\d+)to(?P<test_max_k>\d+)"
     r"_nodup(?P<no_dup>[01])_iters(?P<step>\d+)\.pt$"

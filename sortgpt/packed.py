@@ -240,6 +240,7 @@ class PackedRun:
     step: int = 0  # iterations done
     last_lr: float = 0.0
     train_record: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=lambda: single.new_best())
 
     @property
     def name(self) -> str:
@@ -264,6 +265,7 @@ def _start_run(cfg: dict[str, Any], ctx: RunContext, device: torch.device) -> Pa
     optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"], generators)
     run.step = int(state["step"])
+    run.best = dict(state.get("best") or single.new_best())
     ctx.truncate_metrics(run.step)
     if state["finished"] and run.step >= int(cfg["max_iters"]):
         print(f"sortgpt: {run.name} already finished ({run.step} iterations)")
@@ -514,11 +516,23 @@ class Pack:
                 values = {name: value.tolist() for name, value in found.items()}
                 for n, j in enumerate(part):
                     results[j] = {name: value[n] for name, value in values.items()}
+        in_dist: dict[int, list[float]] = {}
         for j, (run, split, k, _) in enumerate(jobs):
             m = results[j]
             if not autoregressive:
                 m["pos_abs_err_mean"] = m["pos_abs_err_sum"] / (int(run.cfg["eval_samples"]) * k)
             run.ctx.log(run.step, m, split=split, length=k)
+            if split == "test":
+                in_dist.setdefault(id(run), []).append(float(m["exact_match_acc"]))
+        if not autoregressive:  # train.py's best-so-far, per run
+            for run in runs:
+                values = in_dist[id(run)]
+                metric = sum(values) / len(values)
+                if run.best["metric"] is None or metric > run.best["metric"]:
+                    if run.cfg.get("save_best"):
+                        self._sync_model(run)
+                    run.best = single.update_best(run.best, metric, run.step, run.model, run.cfg,
+                                                  Path(run.ctx.run_dir))
 
     def _teacher_forced(self, rows: list[int], batch: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
         tokens, targets, scored, positions = _bucket(list(batch), [k] * len(rows), self.pad)
@@ -549,7 +563,7 @@ class Pack:
         return {"format": single.CHECKPOINT_FORMAT, "step": run.step, "finished": finished,
                 "config": dict(run.cfg), "model_config": run.model.config.to_dict(),
                 "model": single.to_cpu(run.model.state_dict()), "optimizer": self._optimizer_state(run),
-                "rng": rng_state(run.generators)}
+                "rng": rng_state(run.generators), "best": dict(run.best)}
 
     def save_checkpoint_file(self, run: PackedRun, kind: str) -> None:
         self._sync_model(run)

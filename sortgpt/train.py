@@ -175,7 +175,7 @@ def evaluate_autoregressive(model: GPT, cfg: dict[str, Any], k: int, generator: 
 
 
 def log_evaluation(model: GPT, cfg: dict[str, Any], ctx: RunContext, step: int, device: torch.device,
-                   autoregressive: bool = False) -> None:
+                   autoregressive: bool = False) -> float:
     """One evaluation pass at ``step`` over all Ks. Its generator is seeded from
     (seed, step) so it never touches the training streams and a resumed run
     evaluates on exactly the lists the uninterrupted one did."""
@@ -185,10 +185,40 @@ def log_evaluation(model: GPT, cfg: dict[str, Any], ctx: RunContext, step: int, 
     suffix = "_ar" if autoregressive else ""
     in_dist, out_of_dist = eval_ks(cfg)
     model.eval()
+    in_dist_exact: list[float] = []
     for split, ks in (("test", in_dist), ("gen", out_of_dist)):
         for k in ks:
-            ctx.log(step, evaluate(model, cfg, k, generator, device), split=split + suffix, length=k)
+            metrics = evaluate(model, cfg, k, generator, device)
+            ctx.log(step, metrics, split=split + suffix, length=k)
+            if split == "test":
+                in_dist_exact.append(float(metrics["exact_match_acc"]))
     model.train()
+    return sum(in_dist_exact) / len(in_dist_exact)
+
+
+# -- best so far ----------------------------------------------------------------------
+# "Best" = the highest mean in-distribution exact match of a teacher-forced evaluation;
+# the earliest step wins ties. Tracked in the resume state; with save_best the weights
+# of that evaluation are kept as Best_…_iters{step}.pt (one file, replaced on improvement).
+
+def new_best() -> dict[str, Any]:
+    return {"metric": None, "step": None}
+
+
+def update_best(best: dict[str, Any], metric: float, step: int, model: GPT, cfg: dict[str, Any],
+                run_dir: Path) -> dict[str, Any]:
+    if best["metric"] is not None and metric <= best["metric"]:
+        return best
+    if cfg.get("save_best"):
+        old = [p for p in run_dir.glob("Best_*.pt")]
+        save_checkpoint(checkpoint_payload(model, cfg, step) | {"best_metric": metric},
+                        run_dir / checkpoint_name("Best", cfg, step),
+                        sidecar={"step": step, "config": dict(cfg), "metrics": {"in_dist_exact_match": metric}})
+        for p in old:
+            if p.name != checkpoint_name("Best", cfg, step):
+                p.unlink(missing_ok=True)
+                p.with_name(p.name + ".json").unlink(missing_ok=True)
+    return {"metric": metric, "step": step}
 
 
 def checkpoint_payload(model: GPT, cfg: dict[str, Any], step: int) -> dict[str, Any]:
@@ -271,6 +301,7 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     k_generator = generator_for(torch.device("cpu"), seed + K_SEED_OFFSET)
     generators = {"data": data_generator, "k": k_generator}
     step = 0  # iterations done
+    best = new_best()
 
     state = load_resume_state(run_dir, cfg)
     if state is not None:
@@ -278,6 +309,7 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"], generators)
         step = int(state["step"])
+        best = dict(state.get("best") or new_best())
         ctx.truncate_metrics(step)  # drop records logged after this state was saved
         if state["finished"] and step >= max_iters:
             print(f"sortgpt: {run_dir} already finished ({step} iterations)")
@@ -291,7 +323,7 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     def full_state(finished: bool) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "step": step, "finished": finished, "config": dict(cfg),
                 "model_config": model.config.to_dict(), "model": to_cpu(model.state_dict()),
-                "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_state(generators)}
+                "optimizer": to_cpu(optimizer.state_dict()), "rng": rng_state(generators), "best": dict(best)}
 
     model.train()
     while step < max_iters:
@@ -316,7 +348,7 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
             ctx.log(step, {"loss": loss.item(), "token_acc": train_metrics["token_acc"],
                            "exact_match_acc": train_metrics["exact_match_acc"],
                            "K_mean": float(k), "K_min": k, "K_max": k, "lr": lr}, split="train")
-            log_evaluation(model, cfg, ctx, step, device)
+            best = update_best(best, log_evaluation(model, cfg, ctx, step, device), step, model, cfg, run_dir)
         if step == int(cfg["checkpoint_iter"]) and step < max_iters:
             payload = checkpoint_payload(model, cfg, step) | {"optimizer": to_cpu(optimizer.state_dict())}
             save_checkpoint(payload, run_dir / checkpoint_name("Checkpoint", cfg, step),
@@ -331,7 +363,8 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     # Final: evaluate the final weights (teacher-forced unless that just happened,
     # then free-running), write the Final_ checkpoint, and mark the run finished.
     if (max_iters - 1) % eval_every != 0:
-        log_evaluation(model, cfg, ctx, max_iters, device)
+        best = update_best(best, log_evaluation(model, cfg, ctx, max_iters, device), max_iters, model, cfg,
+                           run_dir)
     log_evaluation(model, cfg, ctx, max_iters, device, autoregressive=True)
     save_checkpoint(checkpoint_payload(model, cfg, max_iters), run_dir / checkpoint_name("Final", cfg, max_iters),
                     sidecar={"step": max_iters, "config": dict(cfg)})

@@ -33,4 +33,4 @@ def test_names_parse_back() -> None:
 
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError):
-        checkpoint_name("Best", EXPERIMENT.defaults(), 1)
+        checkpoint_name("Latest", EXPERIMENT.defaults(), 1)
