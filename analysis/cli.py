@@ -7,29 +7,11 @@ input (not Parquet, missing columns, a --step or --only that selects nothing) is
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any
 
 import click
 
-from launch.errors import UserError
-
-
-def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a UserError into one line on stderr and exit code 2 (also under CliRunner,
-    where no outer ``sweep`` CLI catches it)."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            raise SystemExit(e.exit_code) from None
-
-    return wrapper
+from launch.errors import UserError, user_errors_exit_2
 
 
 def print_notes(notes: list[str], limit: int = 30) -> None:

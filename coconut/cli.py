@@ -15,13 +15,12 @@ import json
 import math
 import tempfile
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
-from launch.errors import UserError
+from launch.errors import UserError, user_errors_exit_2
 
 CORRUPTION_FILE = "corruption.json"
 
@@ -38,18 +37,6 @@ DEFAULT_THRESHOLDS = {
 }
 
 
-def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """UserError -> one line on stderr and exit 2, also when the command runs outside ``sweep``."""
-
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            raise SystemExit(e.exit_code) from None
-
-    return wrapper
 
 
 # --- gates -------------------------------------------------------------------------------------------
@@ -222,7 +209,7 @@ def _threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                            "live, for corruption.json).")
 @click.option("--strict", is_flag=True, help="Exit 1 also when a gate has no data yet.")
 @_threshold_options
-@_user_errors
+@user_errors_exit_2
 def gates_command(source: str, root: str | None, strict: bool, **thresholds: float) -> None:
     """Gates 3/3b/4/4b and red flags of a COCONUT sweep: SOURCE is a Parquet file from `sweep collect`
     or a spec (its tree is read directly). Exit 0 all pass, 1 a gate failed or a red flag is up."""
@@ -271,7 +258,7 @@ def _load(ckpt: str, root: str, seed: int | None, device: str) -> tuple[Any, Any
 @click.option("--stage", type=int, default=None, help="Curriculum stage for the latents (default: the checkpoint's).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Also print the whole generated text.")
-@_user_errors
+@user_errors_exit_2
 def answer_command(ckpt: str, question: str, root: str, seed: int | None, stage: int | None, max_new_tokens: int,
                    verbose: bool) -> None:
     """Answer a ProsQA-style QUESTION with the model in CKPT (a checkpoint file, a run directory, or a model
@@ -333,7 +320,7 @@ def corruption_sensitivity(model: Any, tok: Any, state: dict[str, Any], split: s
 @click.option("--noise-seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-save", is_flag=True, help=f"Do not write {CORRUPTION_FILE} next to the checkpoint.")
-@_user_errors
+@user_errors_exit_2
 def corruption_command(ckpt: str, root: str, run_seed: int | None, split: str, n: int, noise_seed: int,
                        device: str, no_save: bool) -> None:
     """Corruption sensitivity of CKPT: validation accuracy, and accuracy when every thought-position input is

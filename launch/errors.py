@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input from the user (spec, CLI argument, checkpoint). The CLI prints
@@ -21,3 +25,20 @@ class SpecError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, foreign, or unsafe to load."""
+
+
+def user_errors_exit_2(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For commands that families contribute: a UserError becomes one line on stderr
+    and its exit code, also when the command runs outside ``sweep`` (click's CliRunner)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            import click
+
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(e.exit_code) from None
+
+    return wrapper

@@ -37,7 +37,7 @@ from launch import store as st
 from launch.errors import UserError
 from launch.experiment import METRICS_FILE
 from launch.spec import Spec
-from launch.store import Store
+from launch.store import Store, human_size
 from launch.tasks import Run
 
 RUN_FILES = (st.RUN_FILE, st.STATE_FILE, METRICS_FILE)
@@ -295,13 +295,6 @@ def download_from_hub(repo_id: str, to: Path) -> int:
 # -- commands ---------------------------------------------------------------------
 
 
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 @click.command("upload")
@@ -326,11 +319,11 @@ def upload_command(spec_path: str, repo: str, root: str | None, only: str | None
     if not runs:
         raise UserError(f"--only {only!r} matches no run of {spec_path}")
     plan = plan_upload(spec, runs, repo)
-    what = f"{len(plan.files) + 1} files ({_human(plan.size)}) of {len(plan.uploaded)} completed runs"
+    what = f"{len(plan.files) + 1} files ({human_size(plan.size)}) of {len(plan.uploaded)} completed runs"
     if dry_run:
         for rel, src in plan.files:
-            click.echo(f"  {_human(src.stat().st_size):>10}  {rel}")
-        click.echo(f"  {_human(len(plan.card.encode())):>10}  {CARD} (generated, below)")
+            click.echo(f"  {human_size(src.stat().st_size):>10}  {rel}")
+        click.echo(f"  {human_size(len(plan.card.encode())):>10}  {CARD} (generated, below)")
         click.echo(f"--- {CARD} ---\n{plan.card}--- end of {CARD} ---")
         click.echo(f"dry run: would upload {what} to {repo}")
         return

@@ -168,6 +168,18 @@ class Store:
         return st
 
 
+def human_size(size: int | None) -> str:
+    """1536 -> '1.5 KiB' (for listings)."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def jobs_path(store: Store, spec: str) -> Path:
     return store.meta / "jobs" / f"{spec}.json"
 

@@ -16,6 +16,7 @@ import click
 
 from launch.checkpoint import SIDECAR_SUFFIX, load_checkpoint, read_sidecar, sha256_file
 from launch.errors import CheckpointError
+from launch.store import human_size
 
 OK, MISSING, MISMATCHED, UNLOADABLE, UNVERIFIED = "ok", "missing", "mismatched", "unloadable", "unverified"
 BAD_STATUSES = (MISSING, MISMATCHED, UNLOADABLE)
@@ -148,7 +149,7 @@ def verify_file(path: Path) -> VerifiedFile:
 
 
 def format_report(report: VerifyReport) -> str:
-    rows = [(f.status, _human_size(f.size), _shown(f.path), f.detail) for f in report.files]
+    rows = [(f.status, human_size(f.size), _shown(f.path), f.detail) for f in report.files]
     header = ("STATUS", "SIZE", "PATH", "DETAIL")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3]
@@ -156,15 +157,6 @@ def format_report(report: VerifyReport) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def _shown(path: Path) -> str:
