@@ -95,15 +95,18 @@ class SlurmBackend:
         ex.update_parameters(**self.params)
         return ex
 
-    def submit(self, units: list[list[str]], array_size: int) -> list[Submitted]:
+    def submit(self, units: list[list[str]], array_size: int,
+               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
         if not units:
             return []
+        infos = infos or {}
         ex = self._executor()
         out: list[Submitted] = []
         for chunk in chunks(units, array_size):
             try:
                 with ex.batch():
-                    jobs = [ex.submit(RunUnit(str(self.store.root), unit)) for unit in chunk]
+                    jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos}))
+                            for unit in chunk]
             except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                 raise UserError(f"sbatch failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
             out += [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
@@ -119,15 +122,18 @@ class LocalBackend:
         self.store = store
         self.concurrency = concurrency
 
-    def submit(self, units: list[list[str]], array_size: int = 0) -> list[Submitted]:
+    def submit(self, units: list[list[str]], array_size: int = 0,
+               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
         if not units:
             return []
+        infos = infos or {}
         qid = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         qdir = self.store.meta / "queue" / qid
         (qdir / "todo").mkdir(parents=True)
         (qdir / "claimed").mkdir()
         for i, unit in enumerate(units):
-            write_json(qdir / "todo" / f"{i:07d}.json", unit)
+            write_json(qdir / "todo" / f"{i:07d}.json",
+                       {"rel_dirs": unit, "infos": {r: infos[r] for r in unit if r in infos}})
         ex = submitit.LocalExecutor(folder=self.store.meta / "submitit-local" / "%j")
         # generous timeout: a local queue lives as long as its work
         ex.update_parameters(timeout_min=7 * 24 * 60)
@@ -169,7 +175,7 @@ def cancel_local(store: Store, rel_dirs: list[str], whole_queue: bool) -> None:
     wanted = set(rel_dirs)
     for qdir in (store.meta / "queue").glob("*"):
         for item in (qdir / "todo").glob("*.json"):
-            unit = read_json(item) or []
+            unit = (read_json(item) or {}).get("rel_dirs", [])
             if set(unit) & wanted:
                 item.unlink(missing_ok=True)
         if whole_queue:

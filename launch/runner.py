@@ -180,11 +180,21 @@ def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
     return [store.state(rel).get("state") == st.COMPLETED for rel in rel_dirs]
 
 
-def run_unit(root: Path, rel_dirs: list[str]) -> list[bool]:
+def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] | None = None) -> list[bool]:
     """A unit of several runs is packed when the experiment can (same pack_key), else run in turn.
 
-    In a multi-task job (data parallel) only rank 0 keeps the books (state,
-    log.txt); the other ranks just run the experiment alongside it."""
+    ``infos`` (run dir -> run.json content) come with the submission: the first
+    start writes each run.json. In a multi-task job (data parallel) only rank 0
+    keeps the books (state, log.txt); the other ranks just run the experiment
+    alongside it."""
+    if infos and global_rank() == 0:
+        for rel in rel_dirs:
+            if rel in infos:
+                Store(root).write_run_info(rel, infos[rel])
+    elif infos:  # other ranks wait for rank 0 to write the run files
+        deadline = time.time() + 120
+        while time.time() < deadline and not all((Path(root) / r / st.RUN_FILE).exists() for r in rel_dirs):
+            time.sleep(0.5)
     if global_rank() != 0:
         for rel in rel_dirs:
             info = read_json(Path(root) / rel / st.RUN_FILE) or {}
@@ -205,13 +215,14 @@ def run_unit(root: Path, rel_dirs: list[str]) -> list[bool]:
 class RunUnit(submitit.helpers.Checkpointable):
     """A job's work: run each directory in turn; fail the job if any run failed."""
 
-    def __init__(self, root: str, rel_dirs: list[str]):
+    def __init__(self, root: str, rel_dirs: list[str], infos: dict[str, dict[str, Any]] | None = None):
         self.root = root
         self.rel_dirs = rel_dirs
+        self.infos = infos
 
     def __call__(self) -> list[str]:
         limit_threads()
-        ok = run_unit(Path(self.root), self.rel_dirs)
+        ok = run_unit(Path(self.root), self.rel_dirs, self.infos)
         failed = [rel for rel, good in zip(self.rel_dirs, ok) if not good]
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.rel_dirs)} runs failed: {', '.join(failed[:5])}")
@@ -254,6 +265,7 @@ class LocalWorker:
                     os.rename(item, mine)
                 except FileNotFoundError:
                     continue  # another worker took it
-                run_unit(Path(self.root), read_json(mine) or [])
+                unit = read_json(mine) or {}
+                run_unit(Path(self.root), unit.get("rel_dirs", []), unit.get("infos"))
                 done += 1
                 break

@@ -142,17 +142,20 @@ class Store:
             raise UserError(f"{self.run_dir(run)} already holds run {info.get('run_key')} of spec "
                             f"{info.get('spec')!r}, not {run.run_key}: two specs map to one directory")
 
-    def prepare(self, run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> None:
-        d = self.run_dir(run)
-        parent = os.path.dirname(d)
-        if parent not in self._made:
-            os.makedirs(parent, exist_ok=True)
-            self._made.add(parent)
-        try:
-            os.mkdir(d)
-        except FileExistsError:
-            pass
-        write_json(d / RUN_FILE, {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues})
+    @staticmethod
+    def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> dict[str, Any]:
+        """What run.json holds: identity, resolved config, and how the job should treat it."""
+        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues}
+
+    def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> None:
+        """Create the run directory with its run.json. Done by the job when it first
+        starts (the launcher hands it the info), so a launch of 10,000 runs writes
+        10,000 fewer files; the manifest already records every config."""
+        d = self.run_dir(rel_dir)
+        if read_json(d / RUN_FILE) == info:
+            return
+        os.makedirs(d, exist_ok=True)
+        write_json(d / RUN_FILE, info)
 
     def state(self, run: Run | str) -> dict[str, Any]:
         return read_json(self.run_dir(run) / STATE_FILE) or {}
@@ -164,7 +167,11 @@ class Store:
         if st.get("_corrupt"):
             st = {}
         st.update(fields, updated_at=time.time())
-        write_json(path, st)
+        try:
+            write_json(path, st)
+        except FileNotFoundError:  # e.g. cancelling a run that never started: no directory yet
+            os.makedirs(path.parent, exist_ok=True)
+            write_json(path, st)
         return st
 
 

@@ -109,7 +109,7 @@ def test_cancel_then_retry(slurm, tmp_path: Path):
 
 
 def _preempt_once(spec: Path, root: Path, how: str) -> None:
-    run_dir = next(root.glob("long/task_0000/seed11"))
+    run_dir = root / "long/task_0000/seed11"  # created by the job when it starts
     wait_for(lambda: (run_dir / "noop_state.json").exists()
              and json.loads((run_dir / "noop_state.json").read_text())["step"] >= 4,
              timeout=90, what="the run to get going")
