@@ -226,7 +226,7 @@ def gates_command(source: str, root: str | None, strict: bool, **thresholds: flo
 
 
 def _spec_gate_thresholds(source: str) -> dict[str, float]:
-    """A ``gates:`` block in the spec (for when the harness accepts one), else nothing."""
+    """The spec's ``gates:`` block (thresholds), else nothing."""
     if not source.endswith((".yaml", ".yml")):
         return {}
     import yaml
