@@ -133,10 +133,8 @@ def _header() -> str:
 def run_one(root: Path, rel_dir: str) -> bool:
     """Run (or resume) one run directory. Returns True when it completed."""
     store = Store(root)
-    if store.state(rel_dir).get("state") == st.COMPLETED:
-        return True
     started = _start(store, rel_dir)
-    if started is None:
+    if started is None:  # completed already, unreadable, or over its requeue limit
         return store.state(rel_dir).get("state") == st.COMPLETED
     info, state, t0 = started
     ctx = _context(store, rel_dir, info)

@@ -12,7 +12,7 @@ import json
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from launch import store as st
@@ -51,7 +51,6 @@ class RunStatus:
     total: int | None = None
     last_metric: str | None = None
     updated_at: float | None = None
-    disk: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         return {"rel_dir": self.run.rel_dir, "group": self.run.group, "task": self.run.task,
@@ -137,7 +136,7 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     out = []
     for r in runs:
         d = disk[r.rel_dir] or {}
-        s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"), disk=d)
+        s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"))
         dstate = d.get("state")
         if d.get("_corrupt"):
             s.state, s.reason = FAILED, "state.json is corrupt"

@@ -65,7 +65,6 @@ def read_json(path: Path) -> Any | None:
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self._made: set[str] = set()  # directories known to exist (saves syscalls at 10k runs)
 
     # -- harness files -----------------------------------------------------
     @property
