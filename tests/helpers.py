@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,19 @@ def tree_snapshot(path: Path) -> dict[str, tuple[int, float]]:
             for p in path.rglob("*")}
 
 
+
+
+def status_json(spec: Path, root: Path) -> dict:
+    """`sweep status --json -v` of one spec: {"counts": {spec: {...}}, "runs": [...]}."""
+    return json.loads(sweep("status", spec, "--root", root, "--json", "-v").stdout)
+
+
+def counts(spec: Path, root: Path) -> dict:
+    """Run counts by state of the one spec in SPEC."""
+    return next(iter(status_json(spec, root)["counts"].values()))
+
+
+def finished(spec: Path, root: Path) -> dict | None:
+    """The counts once nothing is pending, running, requeued or unsubmitted; else None (for wait_for)."""
+    c = counts(spec, root)
+    return c if not (c["pending"] or c["running"] or c["requeued"] or c["not_submitted"]) else None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from launch.store import Store
-from tests.helpers import sweep, tree_snapshot, wait_for
+from tests.helpers import finished, status_json, sweep, tree_snapshot, wait_for
 
 SPEC = """
 experiment: noop
@@ -21,15 +21,6 @@ axes:
   - {fail_at_step: [-1, 2]}
 seeds: [1, 2]
 """
-
-
-def status_json(spec: Path, root: Path) -> dict:
-    return json.loads(sweep("status", spec, "--root", root, "--json", "-v").stdout)
-
-
-def done(spec: Path, root: Path) -> dict | None:
-    c = status_json(spec, root)["counts"]["spec"]
-    return c if c["pending"] == 0 and c["running"] == 0 and c["not_submitted"] == 0 else None
 
 
 def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
@@ -45,7 +36,7 @@ def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
 
     out = sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2").stdout
     assert "submitted 16 runs" in out
-    counts = wait_for(lambda: done(spec, root), timeout=180, what="16 local runs to finish")
+    counts = wait_for(lambda: finished(spec, root), timeout=180, what="16 local runs to finish")
     # half the tasks fail at step 2 on purpose
     assert counts["completed"] == 8 and counts["failed"] == 8
     rows = status_json(spec, root)["runs"]
@@ -78,7 +69,7 @@ def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
     out = sweep("launch", spec, "--cluster", "local", "--root", root, "--retry-failed",
                 "--only", "fail_at_step=2,x=0").stdout
     assert "submitted 4 runs" in out
-    wait_for(lambda: done(spec, root), timeout=120, what="retried runs")
+    wait_for(lambda: finished(spec, root), timeout=120, what="retried runs")
     attempts = [json.loads((store.run_dir(r["rel_dir"]) / "state.json").read_text())["attempts"]
                 for r in rows if r["state"] == "failed"]
     assert sorted(attempts) == [1] * 4 + [2] * 4
@@ -116,7 +107,7 @@ def test_manifest_refuses_renumbering(tmp_path: Path):
                                                                                  "fail_at_step: [-1]"))
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root)
-    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
     # inserting a value at the front renumbers tasks: refused, naming the tasks
     spec.write_text(spec.read_text().replace("label: [a, b]", "label: [z, a, b]"))
     before = tree_snapshot(root)
@@ -139,7 +130,7 @@ def test_logs_and_sequential_packs(tmp_path: Path):
     # 8 runs per group; units of 3 never cross a group: 3+3+2 per group
     assert "would submit 16 runs as 6 jobs" in out
     sweep("launch", spec, "--cluster", "local", "--root", root)
-    wait_for(lambda: done(spec, root), timeout=120, what="packed runs")
+    wait_for(lambda: finished(spec, root), timeout=120, what="packed runs")
     rows = status_json(spec, root)["runs"]
     failed = next(r for r in rows if r["state"] == "failed")
     ok = next(r for r in rows if r["state"] == "completed")
@@ -157,7 +148,7 @@ def test_status_without_spec_reads_the_trees_manifests(tmp_path: Path):
                                                                                  "fail_at_step: [-1]"))
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root)
-    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
     out = sweep("status", "--root", root, cwd=tmp_path.parent).stdout
     assert out.strip() == "spec: 8 runs — 8 completed"
     p = sweep("status", "--root", tmp_path / "empty", check=False)
@@ -180,6 +171,6 @@ def test_two_launches_at_once_submit_each_run_once(tmp_path: Path):
     # one launch took all 8 runs; the other, after the lock, found them pending
     assert submitted == [0, 8], outs
     assert any("nothing to submit" in o for o in outs), outs
-    wait_for(lambda: done(spec, root), timeout=120, what="runs")
+    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
     states = [json.loads((root / r["rel_dir"] / "state.json").read_text()) for r in status_json(spec, root)["runs"]]
     assert all(s["state"] == "completed" and s["attempts"] == 1 for s in states)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from launch.store import Store, read_jobs
-from tests.helpers import sweep, wait_for
+from tests.helpers import counts, finished, sweep, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -41,16 +41,6 @@ seeds: [11]
 max_requeues: {max_requeues}
 resources: {time_min: 10, cpus: 1, signal_delay_s: 30}
 """
-
-
-def counts(spec: Path, root: Path) -> dict:
-    out = json.loads(sweep("status", spec, "--root", root, "--json").stdout)
-    return next(iter(out["counts"].values()))
-
-
-def finished(spec: Path, root: Path) -> dict | None:
-    c = counts(spec, root)
-    return c if not (c["pending"] or c["running"] or c["requeued"] or c["not_submitted"]) else None
 
 
 def metrics(run_dir: Path) -> list[tuple]:
