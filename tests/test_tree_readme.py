@@ -40,3 +40,16 @@ def test_sortgpt_example_name_is_what_the_code_writes():
     cfg = {**SORTGPT.defaults(), "n_layers": 2, "use_mlp": False, "train_min_k": 2, "train_max_k": 8}
     assert checkpoint_name("Final", cfg, 40000) == example
     assert parse_checkpoint_name(example)["step"] == 40000
+
+
+def test_sortgpt_checkpoint_contents_are_documented():
+    from sortgpt.model import GPT
+    from sortgpt.train import checkpoint_payload, model_config
+
+    cfg = {**SORTGPT.defaults(), "vocab_n": 8, "n_embd": 8, "n_layers": 1, "train_max_k": 4, "test_max_k": 4}
+    payload = checkpoint_payload(GPT(model_config(cfg)), cfg, 1)
+    section = README.split("### sortgpt")[1].split("### coconut")[0]
+    holds = section[section.index("Each holds"):].split("\n\n")[0]
+    documented = set(re.findall(r"`([a-z_]+)`", holds))
+    # Checkpoint_ adds the optimizer state (train.py), Best_ its metric (update_best)
+    assert documented == set(payload) | {"optimizer", "best_metric"}
