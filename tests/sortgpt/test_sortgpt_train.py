@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import torch
 from launch.checkpoint import load_checkpoint, resume_states
 from launch.errors import CheckpointError
 from launch.experiment import RunContext
+from sortgpt.data import sample_batch
 from sortgpt.experiment import EXPERIMENT
+from sortgpt.model import GPT
 from sortgpt.naming import checkpoint_name
-from sortgpt.train import load_model, train
+from sortgpt.train import K_SEED_OFFSET, load_model, model_config, train
 
 
 class Interrupt(Exception):
@@ -152,6 +155,49 @@ def test_a_short_cpu_run_learns_to_sort(tmp_path: Path, make_config) -> None:
     tokens = sum(r["metrics"]["token_acc"] for r in final) / len(final)
     assert sum(r["metrics"]["exact_match_acc"] for r in first) == 0
     assert exact > 0.2 and tokens > 0.6, (exact, tokens)
+
+
+def test_training_steps_are_the_protocols(tmp_path: Path, make_config) -> None:
+    """The loop against the protocol written out independently: AdamW (0.9, 0.95), eps 1e-8,
+    weight decay 0 on the 2-D group and the rest, no clipping, warm-up then cosine, the
+    curriculum's K, cross-entropy of positions K … T−2 against the tokens K+1 … T−1."""
+    cfg = make_config(max_iters=8, warmup_iters=3, max_lr=3e-3, min_lr=1e-4, length_mode="curriculum",
+                      curriculum_span_iters=4, eval_every=1000, save_every=0, checkpoint_iter=0)
+    run(cfg, tmp_path)
+
+    torch.manual_seed(cfg["seed"])
+    model = GPT(model_config(cfg))
+    assert model.config.vocab_size == cfg["vocab_n"] + 1
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() == 2], "weight_decay": 0.0},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                  lr=cfg["max_lr"], betas=(0.9, 0.95), eps=1e-8)
+    data = torch.Generator().manual_seed(cfg["seed"])
+    k_stream = torch.Generator().manual_seed(cfg["seed"] + K_SEED_OFFSET)
+    lo, hi, warmup, n = cfg["train_min_k"], cfg["train_max_k"], cfg["warmup_iters"], cfg["max_iters"]
+    for itr in range(n):
+        frac = min(1.0, max(0, itr - cfg["curriculum_warmup_iters"]) / cfg["curriculum_span_iters"])
+        largest = lo + round(frac * (hi - lo))
+        k = int(torch.randint(lo, largest + 1, (1,), generator=k_stream).item())
+        batch = sample_batch(cfg["batch_size"], k, cfg["vocab_n"], True, data)
+        if itr < warmup:
+            lr = cfg["max_lr"] * (itr + 1) / (warmup + 1)
+        else:
+            lr = cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * (itr - warmup) / (n - warmup))) * (
+                cfg["max_lr"] - cfg["min_lr"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        T = 2 * k + 1
+        logits = model(batch)  # every position; the protocol's slice taken here
+        loss = torch.nn.functional.cross_entropy(logits[:, k:T - 1].reshape(-1, logits.shape[-1]),
+                                                 batch[:, k + 1:T].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    trained = final_weights(tmp_path, cfg)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(trained[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 def test_check_names_each_problem() -> None:
