@@ -42,6 +42,22 @@ def test_weight_tying_and_init() -> None:
     qkv = torch.cat([b.attn.c_attn.weight.flatten() for b in model.blocks])
     assert proj.std().item() == pytest.approx(0.02 / 2, rel=0.05)
     assert qkv.std().item() == pytest.approx(0.02, rel=0.05)
+    # Only the attention output projection is scaled (not the MLP's, as nanoGPT would).
+    mlp_proj = torch.cat([b.mlp.c_proj.weight.flatten() for b in model.blocks])
+    assert mlp_proj.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_mlp_is_d_3d_d_with_tanh_gelu_and_no_dropout() -> None:
+    model = reference(1, True)
+    mlp = model.blocks[0].mlp
+    x = 20 * torch.randn(2, 5, 128)  # pre-activations of a few units, where tanh-GELU and GELU differ
+    h = x @ mlp.c_fc.weight.T + mlp.c_fc.bias
+    assert h.shape[-1] == 3 * 128
+    gelu_tanh = 0.5 * h * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (h + 0.044715 * h ** 3)))
+    torch.testing.assert_close(mlp(x), gelu_tanh @ mlp.c_proj.weight.T + mlp.c_proj.bias)
+    model.train()  # no dropout anywhere: training mode is deterministic
+    idx = torch.randint(0, 129, (3, 9))
+    assert torch.equal(model(idx), model(idx))
 
 
 def test_layernorm_off_is_identity() -> None:
