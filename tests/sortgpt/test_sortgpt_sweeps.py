@@ -38,12 +38,28 @@ def test_grid_specs_expand_to_the_seed_003_grid(name: str) -> None:
         assert (c["vocab_n"], c["n_embd"], c["n_heads"], c["no_pos_emb"], c["no_dup"]) == (128, 128, 1, True, True)
         assert (c["test_min_k"], c["test_max_k"], c["max_iters"], c["batch_size"]) == (17, 32, 40000, 4096)
         assert (c["max_lr"], c["min_lr"], c["warmup_iters"], c["checkpoint_iter"]) == (1e-4, 1e-6, 400, 20001)
+        assert (c["eval_every"], c["eval_samples"], c["curriculum_warmup_iters"], c["curriculum_span_iters"]) == (
+            250, 100, 0, 20000)
         # task numbering: n_layers {2, 1} x MLP {on, off} (x mode {mix, curriculum} when dynamic)
         modes = ["mix", "curriculum"] if dynamic else ["mix"]
         layers, rest = divmod(r.task, 2 * len(modes))
         mlp, mode = divmod(rest, len(modes))
         assert (c["n_layers"], c["use_mlp"], c["length_mode"]) == ([2, 1][layers], [True, False][mlp], modes[mode])
     assert max(r.task for r in runs) == (7 if dynamic else 3)
+
+
+def test_defaults_are_the_protocol() -> None:
+    # A run launched without a spec's overrides still follows issue 3.
+    d = EXPERIMENT.defaults()
+    assert {k: d[k] for k in ("vocab_n", "n_embd", "n_heads", "no_pos_emb", "no_dup", "test_min_k", "test_max_k")} == {
+        "vocab_n": 128, "n_embd": 128, "n_heads": 1, "no_pos_emb": True, "no_dup": True, "test_min_k": 17,
+        "test_max_k": 32}
+    assert {k: d[k] for k in ("max_iters", "batch_size", "max_lr", "min_lr", "warmup_iters", "eval_every",
+                              "eval_samples", "checkpoint_iter", "curriculum_warmup_iters",
+                              "curriculum_span_iters")} == {
+        "max_iters": 40000, "batch_size": 4096, "max_lr": 1e-4, "min_lr": 1e-6, "warmup_iters": 400,
+        "eval_every": 250, "eval_samples": 100, "checkpoint_iter": 20001, "curriculum_warmup_iters": 0,
+        "curriculum_span_iters": 20000}
 
 
 def test_grid_specs_share_one_tree_without_collisions() -> None:
