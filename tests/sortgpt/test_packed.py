@@ -299,3 +299,16 @@ def test_harness_launches_packs_with_per_run_directories(tmp_path: Path) -> None
         other = trees["1"] / metrics.relative_to(trees["3"])
         assert shape(records(metrics.parent)) == shape(records(other.parent))
         assert max_metric_diff(records(metrics.parent), records(other.parent), "train") < 1e-5
+
+
+def test_compiled_pack_matches_the_eager_pack(tmp_path: Path) -> None:
+    """SORTGPT_COMPILE=1 (torch.compile of the batched trunk, dynamic shapes so a
+    new K does not recompile) changes no run's numbers beyond float rounding."""
+    cfgs = [c | {"eval_every": 1, "max_iters": 12, "checkpoint_iter": 5} for c in pack_configs()]
+    eager, compiled = dirs(tmp_path, "eager", 3), dirs(tmp_path, "compiled", 3)
+    train_pack(cfgs, [RunContext(run_dir=d) for d in eager], compile_model=False)
+    train_pack(cfgs, [RunContext(run_dir=d) for d in compiled], compile_model=True)
+    for a, b in zip(eager, compiled):
+        ra, rb = records(a), records(b)
+        assert shape(ra) == shape(rb)
+        assert max_metric_diff(ra, rb, "train") < 1e-5
