@@ -96,6 +96,10 @@ BAD = [
     ("not a mapping", "- just\n- a list\n", "the spec must be a mapping"),
     ("group names clash", "experiment: noop\ngroup: same\npath: '{group}/{x}/{task}/{seed}'\n"
                           "axes: [{x: [1, 2], group: true}]\n", "group: group points"),
+    ("group name from an inner axis", "experiment: noop\ngroup: 'g{x}'\npath: '{group}/{task}/{seed}'\n"
+                                      "axes: [{x: [1, 2]}]\n", "group: template field {x} varies inside a group"),
+    ("group name from the seed", "experiment: noop\ngroup: 'g{seed}'\npath: '{group}/{x}/{seed}'\n"
+                                 "axes: [{x: [1, 2]}]\n", "group: template field {seed}"),
 ]
 
 
