@@ -78,6 +78,7 @@ class RunContext:
     group: str = ""
     name: str = ""  # human-readable run name (the run dir relative to the tree root)
     wandb: dict[str, Any] | None = None  # the spec's wandb block, or None when disabled
+    wandb_config: dict[str, Any] | None = None  # the run's hyperparameters, shown and filtered on in W&B
     device: str = "cpu"
     _wandb_run: Any = field(default=None, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
@@ -144,8 +145,13 @@ class RunContext:
                 project=cfg.get("project", "sweep"), entity=cfg.get("entity"),
                 mode=cfg.get("mode", "offline"), group=self.group, name=self.name,
                 id=self.run_key, resume="allow", dir=str(self.run_dir),
-                config=cfg.get("config"), reinit="create_new",  # packs hold several runs at once
+                config=self.wandb_config, tags=cfg.get("tags"),
+                reinit="create_new",  # packs hold several runs at once
             )
+            # Plot against the training iteration, not W&B's record counter (log() sends
+            # one record per split and K, so several records share an iteration).
+            self._wandb_run.define_metric("iter")
+            self._wandb_run.define_metric("*", step_metric="iter")
         return self._wandb_run
 
 

@@ -13,7 +13,8 @@ group: "wb{x}"
 path: "{group}/task_{task:04d}/seed{seed}"
 fixed: {steps: 2, lengths: [3]}
 axes:
-  - {x: [0]}
+  - {x: [0], group: true}
+  - {y: [0.25]}
 seeds: [1]
 """
 
@@ -25,7 +26,7 @@ def _finish(spec: Path, root: Path) -> None:
 
 def test_offline_mode_logs_locally(tmp_path: Path):
     spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC + "wandb: {project: sweep-test, mode: offline}\n")
+    spec.write_text(SPEC + "wandb: {project: sweep-test, mode: offline, tags: [tag-alpha]}\n")
     root = tmp_path / "tree"
     _finish(spec, root)
     run_dir = root / "wb0/task_0000/seed1"
@@ -39,6 +40,13 @@ def test_offline_mode_logs_locally(tmp_path: Path):
     blob = files[0].read_bytes()
     for key in (b"train/value", b"val/K3/accuracy", b"wb0"):  # metric names and the group
         assert key in blob, key
+    assert b"tag-alpha" in blob  # the spec's tags
+    # the run's hyperparameters go with it (W&B's config record holds them as JSON values)
+    # (config items are key + JSON value: y's 0.25 and the spec's name as the JSON string "s")
+    assert b"steps" in blob and b"0.25" in blob and b'"s"' in blob
+    # charts plot against the training iteration: MetricRecord{glob_name: "*", step_metric: "iter"}
+    # in its protobuf bytes (field 2 "*", field 4 "iter")
+    assert b'\x12\x01*"\x04iter' in blob
 
 
 def test_disabled_by_default(tmp_path: Path):
