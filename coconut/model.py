@@ -175,14 +175,20 @@ class Coconut(nn.Module):
     ) -> list[list[int]]:
         """Greedy continuation of left-padded prompts (all ending in the last column), batched with a KV
         cache. Same tokens as the reference's one-at-a-time loop: the first token is always kept, later
-        ones until EOS (excluded) or ``max_new_tokens``."""
+        ones until EOS (excluded) or ``max_new_tokens``. The baselines stop at a first-token EOS too: run.py
+        generates them with transformers' ``generate`` (plain GPT-2, no Coconut wrapper), which ends at
+        any EOS, while coconut.py's loop keeps its first token whatever it is."""
         hidden, cache = self.hidden_states(input_ids, attention_mask, position_ids, thought_fn, use_cache=True)
         lm_head = self.base_causallm.lm_head
         next_token = lm_head(hidden[:, -1]).argmax(-1)
         out = [[int(t)] for t in next_token]
         done = torch.zeros(len(out), dtype=torch.bool, device=input_ids.device)
+        if self.feedback_mode in BASELINES:
+            done |= next_token == self.ids.eos
         position = position_ids[:, -1:]
         for _ in range(max_new_tokens - 1):
+            if done.all():
+                break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
             position = position + 1
             step = self.base_causallm.transformer(input_ids=next_token[:, None], attention_mask=attention_mask,
@@ -192,8 +198,6 @@ class Coconut(nn.Module):
             done |= next_token == self.ids.eos
             for row in (~done).nonzero().flatten().tolist():
                 out[row].append(int(next_token[row]))
-            if done.all():
-                break
         return out
 
     # -- helpers --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coconut.model import Coconut, ThoughtFn
+from coconut.model import BASELINES, Coconut, ThoughtFn
 
 
 def filled_embeddings(model: Coconut, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -55,13 +55,16 @@ def reference_loss(model: Coconut, input_ids: torch.Tensor, attention_mask: torc
 def reference_generate(model: Coconut, prompt: list[int], max_new_tokens: int = 128,
                        thought_fn: ThoughtFn | None = None) -> list[int]:
     """Greedy generation for one prompt, no cache (coconut.py ``generate``): the first token is always
-    kept, then tokens until EOS (not kept) or ``max_new_tokens`` in all."""
+    kept, then tokens until EOS (not kept) or ``max_new_tokens`` in all. The baselines (transformers'
+    ``generate`` in run.py) end at a first-token EOS as well."""
     wte, base = model.base_causallm.transformer.wte, model.base_causallm
     device = wte.weight.device
     ids = torch.tensor([prompt], device=device)
     ones = torch.ones_like(ids)
     embeds = filled_embeddings(model, ids, ones, torch.arange(len(prompt), device=device)[None], thought_fn)
     tokens = [int(base(inputs_embeds=embeds).logits[0, -1].argmax())]
+    if model.feedback_mode in BASELINES and tokens[0] == model.ids.eos:
+        return tokens
     embeds = torch.cat([embeds, wte(torch.tensor([[tokens[-1]]], device=device))], 1)
     for _ in range(max_new_tokens - 1):
         token = int(base(inputs_embeds=embeds).logits[0, -1].argmax())

@@ -39,6 +39,13 @@ def graph_stats(data: list[dict]) -> dict[str, float]:
         people.append(sum(1 for i in range(len(ex["idx_to_symbol"])) if indeg[i] == 0))
         max_indeg.append(max(indeg.values()))
     steps = collections.Counter(len(ex["steps"]) for ex in data)
+    # Which of the two first people (nodes 0 and 1) reach each concept: the real splits are lopsided.
+    worlds: collections.Counter = collections.Counter()
+    for ex in data:
+        ch, indeg = _children(ex), collections.Counter(b for _, b in ex["edges"])
+        reach = [_dist(ch, 0), _dist(ch, 1)]
+        worlds.update((v in reach[0], v in reach[1]) for v in range(len(ex["idx_to_symbol"])) if indeg[v])
+    n_concepts = sum(worlds.values())
     return {
         "nodes_mean": statistics.mean(nodes), "nodes_sd": statistics.pstdev(nodes),
         "edges_mean": statistics.mean(edges), "edges_sd": statistics.pstdev(edges),
@@ -46,6 +53,9 @@ def graph_stats(data: list[dict]) -> dict[str, float]:
         "max_indeg_mean": statistics.mean(max_indeg),
         **{f"path{k}": steps[k] / n for k in (3, 4, 5, 6)},
         "question_chars": statistics.mean(len(ex["question"]) for ex in data),
+        "root_is_1": sum(ex["root"] == 1 for ex in data) / n,
+        "only_0": worlds[True, False] / n_concepts, "only_1": worlds[False, True] / n_concepts,
+        "both": worlds[True, True] / n_concepts,
     }
 
 
@@ -54,7 +64,7 @@ def graph_stats(data: list[dict]) -> dict[str, float]:
 TOLERANCE = {
     "nodes_mean": 0.8, "nodes_sd": 0.8, "edges_mean": 2.0, "edges_sd": 1.5, "people_mean": 0.25,
     "two_people": 0.1, "max_indeg_mean": 0.25, "path3": 0.06, "path4": 0.06, "path5": 0.05, "path6": 0.025,
-    "question_chars": 50,
+    "question_chars": 50, "root_is_1": 0.06, "only_0": 0.04, "only_1": 0.04, "both": 0.03,
 }
 
 
