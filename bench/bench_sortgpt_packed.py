@@ -8,7 +8,7 @@ buckets). Evaluation and checkpoint writes are not timed (both paths do the same
 amount of them). All rows of a device are measured in one invocation, in
 interleaved rounds (median of --rounds), so the ratios are side by side.
 
-    python bench/bench_sortgpt_packed.py [--packs 1,4,16,64] [--devices cpu,cuda] [--compile]
+    python bench/bench_sortgpt_packed.py [--packs 1,4,16,64] [--devices cpu,cuda] [--compile [MODE]]
 
 CPU rows use the CI-sized model (vocab 32, d 32, 2 layers, MLP, LayerNorm,
 batch 64, K 2–6; compute-bound on a CPU core) and the unit tests' micro model
@@ -33,7 +33,7 @@ from launch.experiment import RunContext
 from sortgpt.data import pick_train_k, prediction_positions, sample_batch, sorted_half_loss
 from sortgpt.experiment import EXPERIMENT
 from sortgpt.model import GPT
-from sortgpt.packed import Pack, _start_run
+from sortgpt.packed import COMPILE_MODES, Pack, _start_run, compile_mode_of
 from sortgpt.train import K_SEED_OFFSET, autocast_for, generator_for, lr_at, make_optimizer, model_config
 
 LN_GRID_RUNS = 252  # dynamic (168) + fixed (84) with LayerNorm, seed-003
@@ -85,7 +85,7 @@ def single_run_step(cfg: dict, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def packed_step(cfg: dict, n: int, device: torch.device, workdir: Path, compile_model: bool,
+def packed_step(cfg: dict, n: int, device: torch.device, workdir: Path, compile_mode: str | None,
                 overhead: float | None) -> Callable[[], None]:
     runs = []
     for i in range(n):
@@ -94,7 +94,7 @@ def packed_step(cfg: dict, n: int, device: torch.device, workdir: Path, compile_
         run = _start_run(cfg | {"seed": 1000 + i}, RunContext(run_dir=run_dir), device)
         assert run is not None
         runs.append(run)
-    pack = Pack(runs, device, overhead, None if device.type == "cpu" else 1 << 21, compile_model)
+    pack = Pack(runs, device, overhead, None if device.type == "cpu" else 1 << 21, compile_mode)
     return pack.train_step
 
 
@@ -114,12 +114,12 @@ def run_iterations_per_second(step: Callable[[], None], runs: int, device: torch
 
 
 def measure(cfg: dict, device: torch.device, packs: list[int], rounds: int, min_seconds: float, warmup: int,
-            compile_model: bool, overhead: float | None) -> dict[str, float]:
+            compile_mode: str | None, overhead: float | None) -> dict[str, float]:
     """Median run-iterations/s of each row, rows interleaved round by round."""
     with tempfile.TemporaryDirectory() as tmp:
         steps: dict[str, tuple[Callable[[], None], int]] = {"single": (single_run_step(cfg, device), 1)}
         for n in packs:
-            steps[f"packed N={n}"] = (packed_step(cfg, n, device, Path(tmp), compile_model, overhead), n)
+            steps[f"packed N={n}"] = (packed_step(cfg, n, device, Path(tmp), compile_mode, overhead), n)
         for step, _ in steps.values():
             for _ in range(warmup):
                 step()
@@ -137,7 +137,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.6, help="minimum timed seconds per row and round")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the batched model")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=sorted(COMPILE_MODES),
+                        help="torch.compile the batched model (reduce-overhead: CUDA graphs on a GPU)")
     parser.add_argument("--bucket-overhead", type=float, default=None,
                         help="bucket cost in tokens (default: the cost model; 0: one bucket per K)")
     args = parser.parse_args()
@@ -160,7 +161,7 @@ def main() -> None:
             setups = [("CI d32 L2 B64 K 2-6", tiny_cpu_config()), ("micro d16 L1 B16 K 2-4", micro_cpu_config())]
         for label, cfg in setups:
             rates = measure(cfg, device, packs, args.rounds, args.seconds, warmup=3 if device.type == "cpu" else 10,
-                            compile_model=args.compile, overhead=args.bucket_overhead)
+                            compile_mode=compile_mode_of(args.compile or False), overhead=args.bucket_overhead)
             base = rates["single"]
             for row, rate in rates.items():
                 print(f"| {name} | {label} | {row} | {rate:.1f} | {rate / base:.2f} |")

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from launch.checkpoint import rng_state, save_checkpoint, set_rng_state
+from launch.errors import UserError
 from launch.experiment import RunContext
 from sortgpt import train as single  # the single-run loop: its schedules, seeds and formats are the contract
 from sortgpt.data import pick_train_k, sample_batch
@@ -66,6 +67,11 @@ FLOPS_PER_SECOND = {"cuda": 5e13, "cpu": 2e10}
 # GPU (~20 GB of bf16 activations at d 128, 2 layers); runs beyond that go in
 # further chunks whose gradients simply add up (each run is in one chunk).
 MAX_CHUNK_TOKENS = {"cuda": 1 << 21, "cpu": None}
+# SORTGPT_COMPILE: torch.compile the batched trunk, and in which mode
+# ("reduce-overhead" records CUDA graphs on a GPU: for these tiny models a step is
+# mostly kernel launches). Off by default: compiling costs a minute per process.
+COMPILE_MODES = {"1": "default", "default": "default", "reduce-overhead": "reduce-overhead",
+                 "max-autotune": "max-autotune"}
 MAX_ATTENTION_BATCH = 32_768  # sequences per attention call (see _attention)
 EVAL_SEED_MULTIPLIER = 7_919  # sortgpt/train.py's log_evaluation: seed * 7919 + offset + step
 
@@ -413,7 +419,7 @@ class Pack:
     steps; every per-run decision stays with the run."""
 
     def __init__(self, runs: list[PackedRun], device: torch.device, overhead_tokens: float | None,
-                 max_chunk_tokens: int | None, compile_model: bool):
+                 max_chunk_tokens: int | None, compile_mode: str | None):
         self.runs = runs
         self.device = device
         first = runs[0]
@@ -423,7 +429,8 @@ class Pack:
         self.pad = int(first.cfg["vocab_n"])  # SEP; padded positions are never scored
         self.overhead = bucket_overhead_tokens(first.model, device) if overhead_tokens is None else overhead_tokens
         self.max_chunk_tokens = max_chunk_tokens
-        self.trunk = torch.compile(packed_trunk, dynamic=True) if compile_model else packed_trunk
+        self.trunk = (torch.compile(packed_trunk, dynamic=True, mode=compile_mode) if compile_mode
+                      else packed_trunk)
         moments = [_optimizer_moments(r, self.layout) for r in runs]
         self.weights = torch.stack([self.layout.flatten(r.model) for r in runs]).requires_grad_(True)
         group0 = first.optimizer.param_groups[0]
@@ -599,16 +606,28 @@ class Pack:
         self.optimizer.keep(keep)
 
 
+def compile_mode_of(setting: bool | str) -> str | None:
+    """torch.compile's mode for a compile setting (None: do not compile)."""
+    if setting is True:
+        return "default"
+    if setting is False or str(setting).strip() in ("", "0"):
+        return None
+    if str(setting).strip() not in COMPILE_MODES:
+        raise UserError(f"SORTGPT_COMPILE={setting!r}: expected 0, 1 or a torch.compile mode "
+                        f"({', '.join(m for m in COMPILE_MODES if m != '1')})")
+    return COMPILE_MODES[str(setting).strip()]
+
+
 def train_pack(configs: Sequence[dict[str, Any]], ctxs: Sequence[RunContext],
                on_step: Callable[[int], None] | None = None, overhead_tokens: float | None = None,
-               max_chunk_tokens: int | None = -1, compile_model: bool | None = None) -> None:
+               max_chunk_tokens: int | None = -1, compile_model: bool | str | None = None) -> None:
     """Train (or resume) several runs of one architecture together. Each run's
     directory ends exactly as ``sortgpt.train.train`` would leave it.
     ``on_step(i)`` is called after every pack iteration i (tests interrupt with it);
     ``overhead_tokens`` overrides the bucketing cost model (0: one bucket per K);
     ``max_chunk_tokens`` caps one forward (-1: the device's default, None: no cap);
-    ``compile_model`` runs the batched model through torch.compile (default:
-    environment SORTGPT_COMPILE=1)."""
+    ``compile_model`` runs the batched model through torch.compile: True, a mode
+    of :data:`COMPILE_MODES`, or None for the environment's SORTGPT_COMPILE."""
     if len(configs) != len(ctxs):
         raise ValueError(f"{len(configs)} configs but {len(ctxs)} run contexts")
     keys = {pack_key(c) for c in configs}
@@ -620,13 +639,12 @@ def train_pack(configs: Sequence[dict[str, Any]], ctxs: Sequence[RunContext],
         torch.backends.cudnn.allow_tf32 = True
     if max_chunk_tokens == -1:
         max_chunk_tokens = MAX_CHUNK_TOKENS["cuda" if device.type == "cuda" else "cpu"]
-    if compile_model is None:
-        compile_model = os.environ.get("SORTGPT_COMPILE") == "1"
+    compile_mode = compile_mode_of(os.environ.get("SORTGPT_COMPILE", "") if compile_model is None else compile_model)
 
     runs = [run for cfg, ctx in zip(configs, ctxs) if (run := _start_run(dict(cfg), ctx, device)) is not None]
     if not runs:
         return
-    pack = Pack(runs, device, overhead_tokens, max_chunk_tokens, compile_model)
+    pack = Pack(runs, device, overhead_tokens, max_chunk_tokens, compile_mode)
     iteration = 0
     while True:
         done = [r for r in pack.runs if r.step >= int(r.cfg["max_iters"])]

@@ -312,3 +312,10 @@ def test_compiled_pack_matches_the_eager_pack(tmp_path: Path) -> None:
         ra, rb = records(a), records(b)
         assert shape(ra) == shape(rb)
         assert max_metric_diff(ra, rb, "train") < 1e-5
+
+
+def test_compile_setting_names_a_torch_compile_mode() -> None:
+    assert [packed.compile_mode_of(s) for s in (False, "", "0", True, "1", "reduce-overhead")] == \
+        [None, None, None, "default", "default", "reduce-overhead"]
+    with pytest.raises(packed.UserError, match="SORTGPT_COMPILE='fast'"):
+        packed.compile_mode_of("fast")
