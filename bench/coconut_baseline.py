@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from coconut.data import extract_answer, question_example
-from coconut.model import Coconut
+from coconut.model import Coconut, cache_arg
 from coconut.reference import reference_generate
 
 
@@ -31,10 +31,10 @@ def baseline_loss(model: Coconut, input_ids: torch.Tensor, attention_mask: torch
     start, cache, logits = 0, None, []
     for i in range(n_passes):
         out = base(inputs_embeds=embeds[:, start:end], attention_mask=attention_mask[:, :end],
-                   position_ids=position_ids[:, start:end], past_key_values=cache, use_cache=True,
-                   output_hidden_states=True)
+                   position_ids=position_ids[:, start:end], use_cache=True, output_hidden_states=True,
+                   **({cache_arg(): cache} if cache is not None else {}))
         logits.append(out.logits)
-        cache, hidden = out.past_key_values, out.hidden_states[-1]
+        cache, hidden = getattr(out, cache_arg()), out.hidden_states[-1]
         # rebuild the whole input tensor with this pass's thoughts written in
         rows = []
         for b, positions in enumerate(latent_lists):
@@ -49,7 +49,8 @@ def baseline_loss(model: Coconut, input_ids: torch.Tensor, attention_mask: torch
         embeds = torch.stack(rows)
         start, end = end, (input_ids.shape[1] if i + 1 >= n_passes else end + 1)
     out = base(inputs_embeds=embeds[:, start:end], attention_mask=attention_mask[:, :end],
-               position_ids=position_ids[:, start:end], past_key_values=cache, use_cache=cache is not None)
+               position_ids=position_ids[:, start:end], use_cache=cache is not None,
+               **({cache_arg(): cache} if cache is not None else {}))
     logits.append(out.logits)
     logits = torch.cat(logits, 1)
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),

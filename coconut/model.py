@@ -26,6 +26,8 @@ compare against).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -49,6 +51,24 @@ INIT_TOKEN = "<<"  # the new tokens start as a copy of this token's embedding (a
 # A thought transform gets the (B, D) thoughts about to enter latent number ``i`` and returns new ones
 # (the corruption test swaps in random vectors; a test detaches them to show gradients flow).
 ThoughtFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@functools.cache
+def cache_arg() -> str:
+    """The name transformers gives the KV cache, as a forward argument and an output field:
+    ``cache`` from transformers 5.x on (``past_key_values`` is deprecated there and warns on every
+    call), ``past_key_values`` before."""
+    from transformers import GPT2Model
+
+    return "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
+
+
+def run_transformer(transformer: nn.Module, cache: Any = None, **inputs: Any) -> tuple[torch.Tensor, Any]:
+    """One call of a transformers decoder: (last hidden state, KV cache), continuing ``cache``."""
+    if cache is not None:
+        inputs[cache_arg()] = cache
+    out = transformer(**inputs)
+    return out.last_hidden_state, getattr(out, cache_arg(), None)
 
 
 @dataclass
@@ -116,9 +136,8 @@ class Coconut(nn.Module):
         is_latent = input_ids == self.ids.latent
         n_latent = int(is_latent.sum(1).max()) if is_latent.any() else 0
         if n_latent == 0:
-            out = transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=use_cache)
-            return out.last_hidden_state, out.past_key_values
+            return run_transformer(transformer, inputs_embeds=embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache)
         first = int(is_latent.int().argmax(1)[is_latent.any(1)].min())
         self._check_aligned(is_latent, first, n_latent)
 
@@ -128,14 +147,14 @@ class Coconut(nn.Module):
                 thought = self._pause(embeds.shape[0], thought_fn, i)
                 cols.append(torch.where(is_latent[:, first + i, None], thought, embeds[:, first + i]))
             embeds = torch.cat([embeds[:, :first], torch.stack(cols, 1), embeds[:, first + n_latent:]], 1)
-            out = transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=use_cache)
-            return out.last_hidden_state, out.past_key_values
+            return run_transformer(transformer, inputs_embeds=embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache)
 
         # Multi-pass: pass 0 up to the first latent, one position per pass, then the rest.
-        out = transformer(inputs_embeds=embeds[:, :first], attention_mask=attention_mask[:, :first],
-                          position_ids=position_ids[:, :first], use_cache=True)
-        chunks, cache = [out.last_hidden_state], out.past_key_values
+        hidden, cache = run_transformer(transformer, inputs_embeds=embeds[:, :first],
+                                        attention_mask=attention_mask[:, :first],
+                                        position_ids=position_ids[:, :first], use_cache=True)
+        chunks = [hidden]
         for i in range(n_latent):
             p = first + i
             if self.feedback_mode == "continuous":
@@ -144,16 +163,15 @@ class Coconut(nn.Module):
             else:
                 thought = self._pause(embeds.shape[0], thought_fn, i)
             x = torch.where(is_latent[:, p, None], thought, embeds[:, p])[:, None]
-            out = transformer(inputs_embeds=x, attention_mask=attention_mask[:, :p + 1],
-                              position_ids=position_ids[:, p:p + 1], past_key_values=cache, use_cache=True)
-            chunks.append(out.last_hidden_state)
-            cache = out.past_key_values
+            hidden, cache = run_transformer(transformer, cache, inputs_embeds=x, attention_mask=attention_mask[:, :p + 1],
+                                            position_ids=position_ids[:, p:p + 1], use_cache=True)
+            chunks.append(hidden)
         rest = first + n_latent
         if rest < input_ids.shape[1]:
-            out = transformer(inputs_embeds=embeds[:, rest:], attention_mask=attention_mask,
-                              position_ids=position_ids[:, rest:], past_key_values=cache, use_cache=True)
-            chunks.append(out.last_hidden_state)
-            cache = out.past_key_values
+            hidden, cache = run_transformer(transformer, cache, inputs_embeds=embeds[:, rest:],
+                                            attention_mask=attention_mask, position_ids=position_ids[:, rest:],
+                                            use_cache=True)
+            chunks.append(hidden)
         return torch.cat(chunks, 1), cache
 
     def forward(
@@ -191,10 +209,9 @@ class Coconut(nn.Module):
                 break
             attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
             position = position + 1
-            step = self.base_causallm.transformer(input_ids=next_token[:, None], attention_mask=attention_mask,
-                                                  position_ids=position, past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
-            next_token = lm_head(step.last_hidden_state[:, -1]).argmax(-1)
+            hidden, cache = run_transformer(self.base_causallm.transformer, cache, input_ids=next_token[:, None],
+                                            attention_mask=attention_mask, position_ids=position, use_cache=True)
+            next_token = lm_head(hidden[:, -1]).argmax(-1)
             done |= next_token == self.ids.eos
             for row in (~done).nonzero().flatten().tolist():
                 out[row].append(int(next_token[row]))
