@@ -65,7 +65,12 @@ resources: {time_min: 10, cpus: 1, signal_delay_s: 30}
 
 
 @pytest.mark.slurm
-def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, tmp_path: Path):
+@pytest.mark.parametrize("pack", [1, 2], ids=["one-run-per-task", "packed"])
+def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, tmp_path: Path, pack: int):
+    """A preempted array task (one run, or a pack of two trained as one batched
+    model) requeues, resumes every run from its resume state, and ends with the
+    weights and metrics of an uninterrupted twin, bit for bit; status and collect
+    still see one row per run."""
     import subprocess
     import time
 
@@ -74,16 +79,20 @@ def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, t
     from launch.store import Store, read_jobs
     from tests.helpers import wait_for
 
+    seeds = [7, 8][:pack]
     spec = tmp_path / "pre.yaml"
-    spec.write_text(PREEMPT_SPEC)
+    spec.write_text(PREEMPT_SPEC.replace("seeds: [7]", f"seeds: {seeds}\npack: {pack}"))
     root, twin = tmp_path / "tree", tmp_path / "twin"
     sweep("launch", spec, "--cluster", "slurm", "--root", root)
-    run_dir = root / "pre/task_0000/seed7"
+    run_dirs = [root / f"pre/task_0000/seed{seed}" for seed in seeds]
     # preempt once a resume state exists and training is under way past it
-    wait_for(lambda: list(run_dir.glob("resume_*.pt")), timeout=120, interval=0.2, what="a resume state")
+    wait_for(lambda: all(list(d.glob("resume_*.pt")) for d in run_dirs), timeout=120, interval=0.2,
+             what="resume states")
     time.sleep(0.5)
-    assert not list(run_dir.glob("Final_*.pt")), "the run finished before it could be preempted"
-    job = next(iter(read_jobs(Store(root), "pre").values()))
+    assert not list(run_dirs[0].glob("Final_*.pt")), "the run finished before it could be preempted"
+    jobs = read_jobs(Store(root), "pre")
+    assert len(set(jobs.values())) == 1  # the pack's runs share one array task
+    job = next(iter(jobs.values()))
     subprocess.check_call(["scancel", job, "--signal", "SIGTERM"])
     subprocess.check_call(["scancel", job, "--signal", "USR2"])
     # the twin runs under SLURM too: same thread count (cpus: 1), so the same float reductions
@@ -91,16 +100,21 @@ def test_preempted_sortgpt_run_ends_bit_identical_to_uninterrupted_twin(slurm, t
     for r in (root, twin):
         p = sweep("wait", spec, "--root", r, "--interval", "1", "--timeout", "300", check=False)
         assert p.returncode == 0, p.stdout + p.stderr
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["requeues"] == 1 and state["attempts"] == 2, state
-    twin_dir = twin / "pre/task_0000/seed7"
-    final = next(run_dir.glob("Final_*.pt")).name
-    a = torch.load(run_dir / final, weights_only=True)["model"]
-    b = torch.load(twin_dir / final, weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     def records(d: Path) -> list[dict]:
         return [{k: v for k, v in json.loads(x).items() if k != "time"}
                 for x in (d / "metrics.jsonl").read_text().splitlines()]
 
-    assert records(run_dir) == records(twin_dir)
+    for run_dir, seed in zip(run_dirs, seeds):
+        state = json.loads((run_dir / "state.json").read_text())
+        assert state["requeues"] == 1 and state["attempts"] == 2, state
+        twin_dir = twin / f"pre/task_0000/seed{seed}"
+        final = next(run_dir.glob("Final_*.pt")).name
+        a = torch.load(run_dir / final, weights_only=True)["model"]
+        b = torch.load(twin_dir / final, weights_only=True)["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert records(run_dir) == records(twin_dir)
+    rows = json.loads(sweep("status", spec, "--root", root, "--json", "-v").stdout)["runs"]
+    assert sorted((r["seed"], r["state"], r["step"]) for r in rows) == [(s, "completed", 2000) for s in seeds]
+    sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    assert pd.read_parquet(tmp_path / "r.parquet")["seed"].nunique() == pack
