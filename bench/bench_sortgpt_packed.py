@@ -119,7 +119,10 @@ def measure(cfg: dict, device: torch.device, packs: list[int], rounds: int, min_
     with tempfile.TemporaryDirectory() as tmp:
         steps: dict[str, tuple[Callable[[], None], int]] = {"single": (single_run_step(cfg, device), 1)}
         for n in packs:
-            steps[f"packed N={n}"] = (packed_step(cfg, n, device, Path(tmp), compile_mode, overhead), n)
+            steps[f"packed N={n}"] = (packed_step(cfg, n, device, Path(tmp), None, overhead), n)
+            if compile_mode:  # the compiled pack beside the eager one
+                steps[f"packed N={n} compiled ({compile_mode})"] = (
+                    packed_step(cfg, n, device, Path(tmp) / "compiled", compile_mode, overhead), n)
         for step, _ in steps.values():
             for _ in range(warmup):
                 step()
@@ -138,7 +141,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.6, help="minimum timed seconds per row and round")
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=sorted(COMPILE_MODES),
-                        help="torch.compile the batched model (reduce-overhead: CUDA graphs on a GPU)")
+                        help="also rows with the batched model torch.compile'd (reduce-overhead: CUDA graphs on a GPU)")
     parser.add_argument("--bucket-overhead", type=float, default=None,
                         help="bucket cost in tokens (default: the cost model; 0: one bucket per K)")
     args = parser.parse_args()
