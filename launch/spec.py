@@ -30,6 +30,23 @@ WANDB_MODES = {"online", "offline", "disabled"}
 TEMPLATE_NAMES = {"task", "seed", "group", "run_key"}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 @dataclass(frozen=True)
 class Axis:
     params: tuple[str, ...]          # one name, or several that vary together (linked)
@@ -72,7 +89,7 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
     if p.is_dir():
         raise UserError(f"{f}: is a directory, not a spec file")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -168,7 +185,10 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     if raw.get("gates") is not None and not isinstance(raw["gates"], dict):
         raise SpecError(file, "gates", f"must be a mapping of thresholds, got {_tname(raw['gates'])}")
 
-    root_path = Path(root) if root is not None else Path(_expect(raw.get("root", "checkpoints"), str, file, "root"))
+    spec_root = _expect(raw.get("root", "checkpoints"), str, file, "root")  # checked also when --root wins
+    if not spec_root.strip():
+        raise SpecError(file, "root", "is empty (leave it out for ./checkpoints)")
+    root_path = Path(root) if root is not None else Path(spec_root)
     return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,
                 path_template=path_t, fixed=fixed, axes=axes, seeds=list(seeds_raw), resources=resources,
                 wandb=wandb, pack=pack, max_requeues=max_requeues, experiment=exp)
@@ -274,6 +294,9 @@ def _parse_typed_block(block: Any, schema: dict[str, Any], file: str, key: str) 
             raise SpecError(file, f"{key}.{k}", f"must be {_tname(t)}, got {_tname(v)} {v!r}")
         if isinstance(v, (int, float)) and v <= 0:
             raise SpecError(file, f"{key}.{k}", f"must be positive, got {v}")
+        for i, item in enumerate(v if isinstance(v, list) else []):  # setup lines, tags
+            if not isinstance(item, str):
+                raise SpecError(file, f"{key}.{k}[{i}]", f"must be a string, got {_tname(item)} {item!r}")
         out[k] = v
     return out
 

@@ -96,6 +96,19 @@ BAD = [
     ("not a mapping", "- just\n- a list\n", "the spec must be a mapping"),
     ("group names clash", "experiment: noop\ngroup: same\npath: '{group}/{x}/{task}/{seed}'\n"
                           "axes: [{x: [1, 2], group: true}]\n", "group: group points"),
+    ("value leaves the tree", "experiment: noop\npath: '{label}/s{seed}'\naxes: [{label: [a, '../../x']}]\n",
+     "path: group bad task 1 seed 0 maps to '../../x/s0', outside the tree root"),
+    ("empty value makes the path absolute", "experiment: noop\npath: '{label}/s{seed}'\naxes: [{label: ['']}]\n",
+     "path: group bad task 0 seed 0 maps to '/s0', outside the tree root"),
+    ("duplicate key", "experiment: noop\npath: 'a{seed}'\naxes: [{x: [1]}]\npath: 'b{seed}'\n",
+     "malformed YAML (line 4, column 1): duplicate key 'path'"),
+    ("setup line not a string", "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\nresources: {setup: [ok, 3]}\n",
+     "resources.setup[1]: must be a string, got an integer 3"),
+    ("wandb tag not a string", "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\nwandb: {tags: [{a: 1}]}\n",
+     "wandb.tags[0]: must be a string, got a mapping"),
+    ("root not a string under --root", "experiment: noop\nroot: 5\npath: '{seed}'\naxes: [{x: [1]}]\n",
+     "root: must be a string, got an integer 5"),
+    ("empty root", "experiment: noop\nroot: ''\npath: '{seed}'\naxes: [{x: [1]}]\n", "root: is empty"),
 ]
 
 
