@@ -313,11 +313,12 @@ def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
     from launch.mapping import render
 
     loaded = [_load(p, None) for p in spec_paths]
-    text = render(loaded, " ".join(spec_paths))
+    args = _as_glob(spec_paths)
+    text = render(loaded, args)
     if check:
         current = Path(output).read_text() if Path(output).exists() else ""
         if current != text:
-            click.echo(f"{output} is stale: run `sweep mapping {' '.join(spec_paths)}`", err=True)
+            click.echo(f"{output} is stale: run `sweep mapping {args}`", err=True)
             sys.exit(1)
         click.echo(f"{output} is up to date")
         return
@@ -325,6 +326,17 @@ def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
     tmp.write_text(text)
     os.replace(tmp, output)
     click.echo(f"wrote {output}")
+
+
+def _as_glob(spec_paths: tuple[str, ...]) -> str:
+    """``sweeps/a.yaml sweeps/b.yaml`` -> ``sweeps/*.yaml`` when they are all of that folder's
+    specs (what the shell made of the glob), so the generated header does not depend on it."""
+    folders = {str(Path(p).parent) for p in spec_paths}
+    if len(folders) == 1:
+        folder = Path(folders.pop())
+        if sorted(spec_paths) == sorted(str(p) for p in folder.glob("*.yaml")):
+            return str(folder / "*.yaml")
+    return " ".join(spec_paths)
 
 
 def main(argv: list[str] | None = None) -> None:
