@@ -323,8 +323,11 @@ def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
         click.echo(f"{output} is up to date")
         return
     tmp = Path(output).with_name(f".{Path(output).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise UserError(f"{output}: cannot write: {e.strerror or e}") from None
     click.echo(f"wrote {output}")
 
 
@@ -358,6 +361,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:  # e.g. a --root or output path that cannot be created: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
