@@ -7,6 +7,7 @@ queued, and the runs report their own state on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,11 +141,43 @@ class LocalBackend:
         ex.update_parameters(timeout_min=7 * 24 * 60)
         n = min(self.concurrency, len(units))
         threads = max(1, (os.cpu_count() or 1) // n)
-        workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
+        with _stdio_to_devnull():
+            workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
         pids = [int(w.job_id) for w in workers]
         write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
         job_id = f"local:{qid}"
         return [Submitted(unit, job_id) for unit in units]
+
+
+@contextlib.contextmanager
+def _stdio_to_devnull() -> Iterator[None]:
+    """Processes started inside inherit /dev/null as stdin/stdout/stderr, not ours.
+
+    submitit's LocalExecutor starts its controllers with Popen's defaults; a worker
+    holding the launching command's pipe makes ``sweep launch | tee``,
+    ``$(sweep launch …)`` or a captured subprocess wait for the whole sweep. (The
+    workers' own output goes to files in the submitit folder either way.)"""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved: list[int | None] = []
+    for fd in (0, 1, 2):
+        try:
+            saved.append(os.dup(fd))
+        except OSError:  # not open
+            saved.append(None)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, old in zip((0, 1, 2), saved):
+            if old is None:
+                os.close(fd)
+            else:
+                os.dup2(old, fd)
+                os.close(old)
+        os.close(null)
 
 
 def local_queue_alive(store: Store, job_id: str) -> bool | None:

@@ -174,3 +174,21 @@ def test_two_launches_at_once_submit_each_run_once(tmp_path: Path):
     wait_for(lambda: finished(spec, root), timeout=120, what="runs")
     states = [json.loads((root / r["rel_dir"] / "state.json").read_text()) for r in status_json(spec, root)["runs"]]
     assert all(s["state"] == "completed" and s["attempts"] == 1 for s in states)
+
+
+LONG = SPEC.replace("fixed: {steps: 4, step_sleep_s: 0.2}", "fixed: {steps: 600, step_sleep_s: 0.05}") \
+    .replace("  - {x: [0, 1], group: true}\n", "").replace("  - {label: [a, b]}\n", "") \
+    .replace("fail_at_step: [-1, 2]", "fail_at_step: [-1]")  # 2 runs of 30 s
+
+
+def test_launch_with_its_output_captured_returns_at_once(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG)
+    root = tmp_path / "tree"
+    # `sweep` runs with stdout/stderr on pipes (as in `sweep launch | tee` or `$(sweep launch)`): the
+    # workers must not hold them, or the launch returns only when the sweep has finished
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2").stdout
+    assert "submitted 2 runs" in out
+    assert finished(spec, root) is None, "the launch returned only after its runs had finished"
+    sweep("cancel", spec, "--root", root)
+
