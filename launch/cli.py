@@ -216,7 +216,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
         if p.returncode != 0:
             raise UserError(f"scancel failed: {p.stderr.strip()}")
     if local:
-        cancel_local(store, [s.run.rel_dir for s in local], whole_queue=only is None)
+        cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
     for s in active:
         store.update_state(s.run, state=st.FAILED, ended_at=time.time(), error="cancelled by sweep cancel")
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))

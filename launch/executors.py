@@ -180,42 +180,70 @@ def _stdio_to_devnull() -> Iterator[None]:
         os.close(null)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine runs (a zombie, finished but not reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def local_queue_alive(store: Store, job_id: str) -> bool | None:
     """Whether any worker of a local queue still runs (None if the queue is unknown)."""
     qid = job_id.split(":", 1)[1]
     info = read_json(store.meta / "queue" / qid / "workers.json")
     if not info or info.get("_corrupt"):
         return None
-    for pid in info.get("pids", []):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            return True
-        # a zombie (finished, not yet reaped) is not alive
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-                continue
-        except OSError:
-            pass
-        return True
-    return False
+    return any(pid_alive(pid) for pid in info.get("pids", []))
 
 
-def cancel_local(store: Store, rel_dirs: list[str], whole_queue: bool) -> None:
-    """Take unstarted units of these runs out of their local queues; with
-    ``whole_queue`` also stop the queues' workers (and so the running runs)."""
-    wanted = set(rel_dirs)
-    for qdir in (store.meta / "queue").glob("*"):
+def _is_local_worker(pid: int) -> bool:
+    """A live process that is a submitit job (so a recycled pid is never signalled)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): trust the pid
+    except OSError:
+        return False
+
+
+def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> None:
+    """Stop local runs (run dir -> its ``local:<queue>`` job id): take their units out of
+    their queue and interrupt the worker that claimed each (SIGINT, as submitit cancels a
+    local job; SIGKILL if it is still there after ``wait_s``). Returns once they are gone.
+    Only the runs' own queues are touched: another spec sharing the tree keeps its workers;
+    a worker that loses its unit this way takes no further units (the queue's other workers do)."""
+    by_queue: dict[str, set[str]] = {}
+    for rel, job_id in runs.items():
+        by_queue.setdefault(job_id.split(":", 1)[1], set()).add(rel)
+    pids: set[int] = set()
+    for qid, wanted in by_queue.items():
+        qdir = store.meta / "queue" / qid
         for item in (qdir / "todo").glob("*.json"):
-            unit = (read_json(item) or {}).get("rel_dirs", [])
-            if set(unit) & wanted:
+            if set((read_json(item) or {}).get("rel_dirs", [])) & wanted:
                 item.unlink(missing_ok=True)
-        if whole_queue:
-            info = read_json(qdir / "workers.json") or {}
-            for pid in info.get("pids", []):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        # claimed units after the todo pass, so a unit claimed meanwhile is seen here;
+        # a claimed file is named <unit>.<pid of the worker that runs it>.json
+        for item in (qdir / "claimed").glob("*.json"):
+            if set((read_json(item) or {}).get("rel_dirs", [])) & wanted:
+                pid = item.name.split(".")[1]
+                if pid.isdigit():
+                    pids.add(int(pid))
+    live = [pid for pid in pids if _is_local_worker(pid)]
+    for pid in live:
+        os.kill(pid, signal.SIGINT)
+    deadline = time.time() + wait_s
+    while live and time.time() < deadline:
+        time.sleep(0.1)
+        live = [pid for pid in live if pid_alive(pid)]
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

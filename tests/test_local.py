@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from launch.executors import pid_alive
 from launch.store import Store
 from tests.helpers import finished, status_json, sweep, tree_snapshot, wait_for
 
@@ -176,6 +177,15 @@ def test_two_launches_at_once_submit_each_run_once(tmp_path: Path):
     assert all(s["state"] == "completed" and s["attempts"] == 1 for s in states)
 
 
+def _state(root: Path, rel_dir: str) -> dict:
+    return json.loads((root / rel_dir / "state.json").read_text()) if (root / rel_dir / "state.json").exists() else {}
+
+
+def _running(spec: Path, root: Path) -> list[dict] | None:
+    rows = status_json(spec, root)["runs"]
+    return rows if all(_state(root, r["rel_dir"]).get("state") == "running" for r in rows) else None
+
+
 LONG = SPEC.replace("fixed: {steps: 4, step_sleep_s: 0.2}", "fixed: {steps: 600, step_sleep_s: 0.05}") \
     .replace("  - {x: [0, 1], group: true}\n", "").replace("  - {label: [a, b]}\n", "") \
     .replace("fail_at_step: [-1, 2]", "fail_at_step: [-1]")  # 2 runs of 30 s
@@ -191,4 +201,31 @@ def test_launch_with_its_output_captured_returns_at_once(tmp_path: Path):
     assert "submitted 2 runs" in out
     assert finished(spec, root) is None, "the launch returned only after its runs had finished"
     sweep("cancel", spec, "--root", root)
+
+
+def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
+    a = tmp_path / "a.yaml"
+    a.write_text(LONG)
+    b = tmp_path / "b.yaml"  # another spec in the same tree, with its own local queue
+    b.write_text(a.read_text().replace("noop/", "other/").replace("steps: 600", "steps: 200")
+                 .replace("seeds: [1, 2]", "seeds: [1]"))
+    root = tmp_path / "tree"
+    sweep("launch", a, "--cluster", "local", "--root", root, "--concurrency", "2")
+    sweep("launch", b, "--cluster", "local", "--root", root, "--concurrency", "1")
+    rows = wait_for(lambda: _running(a, root), timeout=60, what="a's runs to start")
+    wait_for(lambda: _running(b, root), timeout=60, what="b's run to start")
+
+    assert "cancelled 2 runs" in sweep("cancel", a, "--root", root).stdout
+    # the runs' processes are gone: nothing writes to their directories any more
+    for r in rows:
+        assert not pid_alive(_state(root, r["rel_dir"])["pid"])
+    snap = tree_snapshot(root / "noop")
+    assert {r["state"] for r in status_json(a, root)["runs"]} == {"failed"}
+    # b's run was left alone and completes
+    assert wait_for(lambda: finished(b, root), timeout=120, what="b's run")["completed"] == 1
+    assert tree_snapshot(root / "noop") == snap
+    for r in status_json(a, root)["runs"]:
+        st = _state(root, r["rel_dir"])
+        assert st["state"] == "failed" and st["error"] == "cancelled by sweep cancel"
+        assert r["step"] < r["total"]
 
