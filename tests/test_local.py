@@ -229,3 +229,24 @@ def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
         assert st["state"] == "failed" and st["error"] == "cancelled by sweep cancel"
         assert r["step"] < r["total"]
 
+
+def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Path):
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    victim, other = rows
+    os.kill(_state(root, victim["rel_dir"])["pid"], signal.SIGKILL)
+
+    def victim_failed() -> list[dict] | None:
+        now = status_json(spec, root)["runs"]
+        return now if now[0]["state"] == "failed" else None
+
+    now = wait_for(victim_failed, timeout=60, what="status to notice the killed run")
+    assert "died" in now[0]["reason"]
+    assert now[1]["state"] == "running"  # the other worker of the same queue still runs
+    sweep("cancel", spec, "--root", root)
