@@ -209,6 +209,8 @@ def _last_metric(store: Store, r: Run) -> str | None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+            continue
         name, value = next(iter(rec["metrics"].items()), (None, None))
         if name is None:
             continue

@@ -53,13 +53,15 @@ def write_json(path: Path | str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A harness JSON file (always an object); None when missing, ``{"_corrupt": True}`` when unreadable."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"_corrupt": True}
+    return data if isinstance(data, dict) else {"_corrupt": True}
 
 
 class Store:

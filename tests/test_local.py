@@ -250,3 +250,27 @@ def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Pa
     assert "died" in now[0]["reason"]
     assert now[1]["state"] == "running"  # the other worker of the same queue still runs
     sweep("cancel", spec, "--root", root)
+
+
+def test_collect_and_status_list_corrupt_runs_and_go_on(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    rows = wait_for(lambda: finished(spec, root), timeout=120, what="runs") and status_json(spec, root)["runs"]
+    dirs = [root / r["rel_dir"] for r in rows]
+    with open(dirs[0] / "metrics.jsonl", "a") as f:  # a record cut short
+        f.write('{"step": 5, "split": "tr')
+    with open(dirs[1] / "metrics.jsonl", "a") as f:  # JSON, but not a record ctx.log writes
+        f.write('{"step": 5, "split": "train", "metrics": null}\n')
+    (dirs[2] / "state.json").write_text("[1, 2]")  # JSON, but not an object
+    (dirs[3] / "state.json").write_text('{"state": "compl')
+
+    p = sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    assert "skipped 2 runs (corrupt metrics.jsonl)" in p.stderr
+    assert "skipped 2 runs (corrupt state.json)" in p.stderr
+    assert "from 4 of 8 runs" in p.stdout
+    now = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
+    assert now[rows[2]["rel_dir"]]["reason"] == now[rows[3]["rel_dir"]]["reason"] == "state.json is corrupt"
+    assert now[rows[1]["rel_dir"]]["state"] == "completed"
