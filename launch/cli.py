@@ -124,6 +124,16 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
               concurrency=concurrency, echo=click.echo)
 
 
+def _warn_missing_roots(loaded: list[Any]) -> None:
+    """A tree root that does not exist: most often a relative root (``root: checkpoints``)
+    read from another directory than the one the sweep was launched from."""
+    for root in sorted({spec.root for spec, _ in loaded}):
+        if not root.is_dir():
+            hint = " (a relative root is taken from the current directory; pass --root)" \
+                if not root.is_absolute() else ""
+            click.echo(f"warning: tree root {root.absolute()} does not exist{hint}", err=True)
+
+
 def _launched_specs(root: str | None) -> tuple[str, ...]:
     """The spec files launched into a tree (from its manifests), for `sweep status` without SPEC."""
     from launch.store import Store
@@ -155,6 +165,7 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
 
     spec_paths = spec_paths or _launched_specs(root)
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     all_rows, all_counts = [], {}
     for spec, runs in loaded:
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
@@ -235,6 +246,7 @@ def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeou
     from launch.store import Store
 
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     t0, last = time.time(), ""
     while True:
         total: dict[str, int] = {}
@@ -293,6 +305,7 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
     from launch.store import Store
 
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     roots = {str(spec.root) for spec, _ in loaded}
     if len(roots) > 1:
         raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")

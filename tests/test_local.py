@@ -274,3 +274,15 @@ def test_collect_and_status_list_corrupt_runs_and_go_on(tmp_path: Path):
     now = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
     assert now[rows[2]["rel_dir"]]["reason"] == now[rows[3]["rel_dir"]]["reason"] == "state.json is corrupt"
     assert now[rows[1]["rel_dir"]]["state"] == "completed"
+
+
+def test_status_from_another_directory_warns_that_the_relative_root_is_missing(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("root: tree\n" + SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0"))
+    sweep("launch", spec, "--cluster", "local", "--dry-run", cwd=tmp_path)  # a relative root, as in the README
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cmd in (["status"], ["wait"], ["collect", "-o", "r.parquet"]):
+        p = sweep(cmd[0], spec, *cmd[1:], cwd=elsewhere)
+        assert f"warning: tree root {elsewhere / 'tree'} does not exist" in p.stderr, p.stderr
+    assert "warning" not in sweep("status", spec, "--root", tmp_path, cwd=elsewhere).stderr
