@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,10 @@ class SlurmBackend:
         return ex
 
     def submit(self, units: list[list[str]], array_size: int,
-               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
+               infos: dict[str, dict[str, Any]] | None = None,
+               accepted: Callable[[list[Submitted]], None] | None = None) -> list[Submitted]:
+        """One job array per chunk; ``accepted`` hears of each array as sbatch takes it, so
+        a failure (or Ctrl-C) at a later array loses no record of the earlier ones."""
         if not units:
             return []
         infos = infos or {}
@@ -111,7 +114,10 @@ class SlurmBackend:
                             for unit in chunk]
             except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                 raise UserError(f"sbatch failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
-            out += [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+            done = [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+            if accepted is not None:
+                accepted(done)
+            out += done
         return out
 
 
@@ -125,7 +131,8 @@ class LocalBackend:
         self.concurrency = concurrency
 
     def submit(self, units: list[list[str]], array_size: int = 0,
-               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
+               infos: dict[str, dict[str, Any]] | None = None,
+               accepted: Callable[[list[Submitted]], None] | None = None) -> list[Submitted]:
         if not units:
             return []
         infos = infos or {}
@@ -146,7 +153,10 @@ class LocalBackend:
         pids = [int(w.job_id) for w in workers]
         write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
         job_id = f"local:{qid}"
-        return [Submitted(unit, job_id) for unit in units]
+        done = [Submitted(unit, job_id) for unit in units]
+        if accepted is not None:
+            accepted(done)
+        return done
 
 
 @contextlib.contextmanager
