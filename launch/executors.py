@@ -8,6 +8,7 @@ queued, and the runs report their own state on disk.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shlex
@@ -108,8 +109,8 @@ class SlurmBackend:
         ex = self._executor()
         out: list[Submitted] = []
         for chunk in chunks(units, array_size):
-            try:
-                with ex.batch():
+            try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
+                with contextlib.redirect_stderr(io.StringIO()), ex.batch():
                     jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos}))
                             for unit in chunk]
             except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:

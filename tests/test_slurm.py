@@ -193,3 +193,17 @@ def test_time_limit_signal_requeues_and_resumes(slurm, tmp_path: Path):
     state = json.loads((run_dir / "state.json").read_text())
     assert state.get("requeues", 0) >= 1, state
     assert metrics(run_dir) == metrics(twin_dir)
+
+
+def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tmp_path: Path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", check=False)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "partition" in lines[0], p.stderr
+    # nothing was launched: editing the grid is not a renumbering
+    spec.write_text(GRID.replace("label: [a, b", "label: [z, a, b"))
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run").stdout
+    assert "would submit 10 runs" in out
