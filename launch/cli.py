@@ -278,18 +278,49 @@ def logs(run_dir: str, lines: int) -> None:
     from launch.store import read_json
 
     d = Path(run_dir)
-    if not (d / st.RUN_FILE).exists():
+    state = read_json(d / st.STATE_FILE) or {}
+    job_err = _job_stderr(d, state)
+    if not (d / st.RUN_FILE).exists() and job_err is None:
         raise UserError(f"{run_dir}: not a run directory (no {st.RUN_FILE})")
     log = d / st.LOG_FILE
     if log.exists():
-        text = log.read_text(errors="replace").splitlines()
-        click.echo(f"==> {log} (last {min(lines, len(text))} of {len(text)} lines)")
-        click.echo("\n".join(text[-lines:]))
+        _tail(log, lines)
     else:
         click.echo(f"{log}: no log yet")
-    state = read_json(d / st.STATE_FILE) or {}
     if state.get("error"):
         click.echo(f"==> error\n{state['error']}")
+    # what the job said outside the run (setup lines, imports, the scheduler's kills): not shown
+    # for a completed run, whose log.txt says it all
+    if job_err is not None and job_err.exists() and state.get("state") != st.COMPLETED:
+        _tail(job_err, lines)
+
+
+def _tail(path: Path, lines: int) -> None:
+    text = path.read_text(errors="replace").splitlines()
+    click.echo(f"==> {path} (last {min(lines, len(text))} of {len(text)} lines)")
+    click.echo("\n".join(text[-lines:]))
+
+
+def _job_stderr(run_dir: Path, state: dict[str, Any]) -> Path | None:
+    """The stderr file of the run's latest job: its tree's jobs files name the job (a run
+    whose job died before it started has no directory, only that entry)."""
+    from launch.store import META, read_json
+
+    here = run_dir.absolute()
+    root = next((p for p in here.parents if (p / META / "jobs").is_dir()), None)
+    if root is None:
+        return None
+    rel = here.relative_to(root).as_posix()
+    jobs = [(read_json(f) or {}).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
+    job = next((j for j in jobs if isinstance(j, str)), None)
+    if job is None:
+        return None
+    if root.is_relative_to(Path.cwd()):  # shown as the user would type it
+        root = root.relative_to(Path.cwd())
+    if not job.startswith("local:"):
+        return root / META / "submitit" / f"{job}_0_log.err"
+    pid = str(state.get("job_id") or "")  # a local run: the worker that ran it last
+    return root / META / "submitit-local" / pid / f"{pid}_0_log.err" if pid.isdigit() else None
 
 
 @cli.command()

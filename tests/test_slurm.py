@@ -207,3 +207,16 @@ def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tm
     spec.write_text(GRID.replace("label: [a, b", "label: [z, a, b"))
     out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run").stdout
     assert "would submit 10 runs" in out
+
+
+def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a",
+          "--setup", "echo 'module: cuda/99.1 not found' >&2; exit 3")
+    wait_for(lambda: counts(spec, root)["failed"] == 1, timeout=120, what="the job to fail")
+    rel = json.loads(sweep("status", spec, "--root", root, "--json", "--failed").stdout)["runs"][0]["rel_dir"]
+    assert not (root / rel).exists()  # the run never started: no run directory
+    out = sweep("logs", root / rel).stdout
+    assert "module: cuda/99.1 not found" in out
