@@ -6,6 +6,7 @@ path (``axes[1].values[0]``), so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if duplicate:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; YAML 1.2 and every researcher read a number
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_value(text: str) -> Any:
+    """One value as a spec would read it (``--only`` values)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 @dataclass(frozen=True)

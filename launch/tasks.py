@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from launch.errors import SpecError, UserError
-from launch.spec import Axis, Spec
+from launch.spec import Axis, Spec, yaml_value
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def parse_only(expr: str | None, runs: list[Run], defaults: dict[str, Any] | Non
         if known and k not in known:
             raise UserError(f"--only: unknown parameter {k!r}")
         try:
-            out[k] = yaml.safe_load(v)
+            out[k] = yaml_value(v)
         except yaml.YAMLError:
             out[k] = v
     return out

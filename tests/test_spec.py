@@ -131,3 +131,10 @@ def test_spec_error_names_file_and_key(write_spec):
     with pytest.raises(SpecError) as e:
         load_spec(write_spec("experiment: noop\npath: '{seed}'\naxes: [{x: [1]}, {y: []}]\n"))
     assert e.value.key == "axes[1].values"
+
+
+def test_exponent_floats_without_a_dot_are_numbers(write_spec):
+    # plain YAML 1.1 reads 1e-3 as the string '1e-3'; researchers write learning rates that way
+    runs = expand(load_spec(write_spec("experiment: noop\npath: 's{seed}/{y}'\naxes: [{y: [1e-3, 2.5, -3E+2]}]\n")))
+    assert [r.config["y"] for r in runs] == [0.001, 2.5, -300.0]
+    assert [r.config["y"] for r in select(runs, parse_only("y=1e-3", runs))] == [0.001]
