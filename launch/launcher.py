@@ -79,6 +79,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
            echo: Any = print) -> LaunchPlan:
     store = Store(spec.root)
     store.check_manifest(spec.name, runs)
+    store.check_other_specs(spec.name, runs)
     for r in runs:
         store.check_run_dir(r)
     res = {**spec.resources, **(resources or {})}

@@ -143,6 +143,19 @@ class Store:
             raise UserError(f"{self.run_dir(run)} already holds run {info.get('run_key')} of spec "
                             f"{info.get('spec')!r}, not {run.run_key}: two specs map to one directory")
 
+    def check_other_specs(self, spec: str, runs: list[Run]) -> None:
+        """A run directory another spec of the tree has launched a different run into, whether
+        or not that run has started (its run.json is written only when it starts)."""
+        by_dir = {r.rel_dir: r for r in runs}
+        for path in sorted((self.meta / "manifests").glob("*.json")):
+            if path.stem == spec:
+                continue
+            for rel, entry in ((read_json(path) or {}).get("runs") or {}).items():
+                r = by_dir.get(rel)
+                if r is not None and isinstance(entry, dict) and entry.get("run_key") != r.run_key:
+                    raise UserError(f"{self.run_dir(r)} is run {entry.get('run_key')} of spec {path.stem!r}, "
+                                    f"not {r.run_key}: two specs map to one directory")
+
     @staticmethod
     def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> dict[str, Any]:
         """What run.json holds: identity, resolved config, and how the job should treat it."""

@@ -286,3 +286,18 @@ def test_status_from_another_directory_warns_that_the_relative_root_is_missing(t
         p = sweep(cmd[0], spec, *cmd[1:], cwd=elsewhere)
         assert f"warning: tree root {elsewhere / 'tree'} does not exist" in p.stderr, p.stderr
     assert "warning" not in sweep("status", spec, "--root", tmp_path, cwd=elsewhere).stderr
+
+
+def test_a_second_spec_cannot_claim_the_directories_of_runs_not_started_yet(tmp_path: Path):
+    a = tmp_path / "a.yaml"
+    a.write_text(LONG)
+    b = tmp_path / "b.yaml"  # the same directories, another config
+    b.write_text(LONG.replace("steps: 600", "steps: 3"))
+    root = tmp_path / "tree"
+    sweep("launch", a, "--cluster", "local", "--root", root, "--concurrency", "1")  # the 2nd run waits
+    for args in ([], ["--dry-run"]):
+        p = sweep("launch", b, "--cluster", "local", "--root", root, *args, check=False)
+        assert p.returncode == 2, p.stderr
+        assert "of spec 'a'" in p.stderr and "two specs map to one directory" in p.stderr, p.stderr
+    assert not list((root / ".sweep").glob("*/b.*"))  # b wrote nothing: no manifest, jobs, lock
+    sweep("cancel", a, "--root", root)
