@@ -211,11 +211,11 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     info = read_json(store.meta / "queue" / qid / "workers.json")
     if not info or info.get("_corrupt"):
         return None
-    return any(pid_alive(pid) for pid in info.get("pids", []))
+    return any(is_local_worker(pid) for pid in info.get("pids", []))
 
 
-def _is_local_worker(pid: int) -> bool:
-    """A live process that is a submitit job (so a recycled pid is never signalled)."""
+def is_local_worker(pid: int) -> bool:
+    """A live process that is a submitit job (so a recycled pid is never signalled, nor taken for a worker)."""
     if not pid_alive(pid):
         return False
     try:
@@ -248,7 +248,7 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> No
                 pid = item.name.split(".")[1]
                 if pid.isdigit():
                     pids.add(int(pid))
-    live = [pid for pid in pids if _is_local_worker(pid)]
+    live = [pid for pid in pids if is_local_worker(pid)]
     for pid in live:
         os.kill(pid, signal.SIGINT)
     deadline = time.time() + wait_s

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from launch import store as st
-from launch.executors import local_queue_alive, pid_alive
+from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
 from launch.store import Store, read_jobs, read_json
 from launch.tasks import Run
@@ -185,9 +185,10 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
 
 
 def _died_here(d: dict[str, Any]) -> bool:
-    """The process that wrote ``running`` (pid, host in state.json) no longer runs on this machine."""
+    """The process that wrote ``running`` (pid, host in state.json) no longer runs on this machine
+    (gone, or its pid now belongs to another program, as after a reboot)."""
     pid = d.get("pid")
-    return isinstance(pid, int) and d.get("host") == socket.gethostname() and not pid_alive(pid)
+    return isinstance(pid, int) and d.get("host") == socket.gethostname() and not is_local_worker(pid)
 
 
 def _last_line(text: str | None) -> str | None:
