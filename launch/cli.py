@@ -248,10 +248,14 @@ def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeou
     loaded = [_load(p, root, only) for p in spec_paths]
     _warn_missing_roots(loaded)
     t0, last = time.time(), ""
+    warned: set[str] = set()
     while True:
         total: dict[str, int] = {}
         for spec, runs in loaded:
-            statuses, _ = stt.run_statuses(Store(spec.root), runs)
+            statuses, warning = stt.run_statuses(Store(spec.root), runs)
+            if warning and warning not in warned:  # e.g. no sacct here: the states may never change
+                click.echo(f"warning: {warning}", err=True)
+                warned.add(warning)
             for k, n in stt.counts(statuses).items():
                 total[k] = total.get(k, 0) + n
         line = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in total.items() if n)

@@ -301,3 +301,15 @@ def test_a_second_spec_cannot_claim_the_directories_of_runs_not_started_yet(tmp_
         assert "of spec 'a'" in p.stderr and "two specs map to one directory" in p.stderr, p.stderr
     assert not list((root / ".sweep").glob("*/b.*"))  # b wrote nothing: no manifest, jobs, lock
     sweep("cancel", a, "--root", root)
+
+
+def test_wait_says_when_the_scheduler_cannot_be_asked(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    root = tmp_path / "tree"
+    (root / ".sweep" / "jobs").mkdir(parents=True)  # one run handed to SLURM job 4242, not started
+    (root / ".sweep" / "jobs" / "spec.json").write_text(json.dumps({"noop/g0/task_0000/seed1": "4242_0"}))
+    no_slurm = {"PATH": str(tmp_path)}  # neither sacct nor squeue
+    p = sweep("wait", spec, "--root", root, "--timeout", "0", "--interval", "0.1", env=no_slurm, check=False)
+    assert p.returncode == 1
+    assert "warning: scheduler unreachable" in p.stderr and "still active" in p.stderr, p.stderr
