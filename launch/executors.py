@@ -15,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -109,17 +110,38 @@ class SlurmBackend:
         ex = self._executor()
         out: list[Submitted] = []
         for chunk in chunks(units, array_size):
-            try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
-                with contextlib.redirect_stderr(io.StringIO()), ex.batch():
-                    jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos}))
-                            for unit in chunk]
-            except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
-                raise UserError(f"sbatch failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
-            done = [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
-            if accepted is not None:
-                accepted(done)
+            with _sigint_deferred():  # an array sbatch took is recorded before Ctrl-C stops the launch
+                try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
+                    with contextlib.redirect_stderr(io.StringIO()), ex.batch():
+                        jobs = [ex.submit(RunUnit(str(self.store.root), unit,
+                                                  {r: infos[r] for r in unit if r in infos})) for unit in chunk]
+                except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+                    msg = str(e).strip().splitlines()[-1] if str(e).strip() else e
+                    raise UserError(f"sbatch failed: {msg}") from None
+                done = [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+                if accepted is not None:
+                    accepted(done)
             out += done
         return out
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends (KeyboardInterrupt then). Without
+    this, Ctrl-C while sbatch runs interrupts submitit and sbatch still queues the array,
+    which nobody records: a relaunch would submit its runs a second time."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
 
 
 class LocalBackend:
