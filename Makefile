@@ -31,7 +31,7 @@ test: venv
 	$(BIN)/pytest -q -ra
 
 mapping: venv
-	$(BIN)/sweep mapping sweeps/len_gen_*.yaml sweeps/coconut.yaml -o TASK_MAPPING.md
+	$(BIN)/sweep mapping sweeps/*.yaml -o TASK_MAPPING.md
 
 slurm-start:
 	bash launch/local-slurm.sh start

@@ -124,6 +124,16 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
               concurrency=concurrency, echo=click.echo)
 
 
+def _warn_missing_roots(loaded: list[Any]) -> None:
+    """A tree root that does not exist: most often a relative root (``root: checkpoints``)
+    read from another directory than the one the sweep was launched from."""
+    for root in sorted({spec.root for spec, _ in loaded}):
+        if not root.is_dir():
+            hint = " (a relative root is taken from the current directory; pass --root)" \
+                if not root.is_absolute() else ""
+            click.echo(f"warning: tree root {root.absolute()} does not exist{hint}", err=True)
+
+
 def _launched_specs(root: str | None) -> tuple[str, ...]:
     """The spec files launched into a tree (from its manifests), for `sweep status` without SPEC."""
     from launch.store import Store
@@ -155,6 +165,7 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
 
     spec_paths = spec_paths or _launched_specs(root)
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     all_rows, all_counts = [], {}
     for spec, runs in loaded:
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
@@ -216,7 +227,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
         if p.returncode != 0:
             raise UserError(f"scancel failed: {p.stderr.strip()}")
     if local:
-        cancel_local(store, [s.run.rel_dir for s in local], whole_queue=only is None)
+        cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
     for s in active:
         store.update_state(s.run, state=st.FAILED, ended_at=time.time(), error="cancelled by sweep cancel")
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
@@ -235,11 +246,16 @@ def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeou
     from launch.store import Store
 
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     t0, last = time.time(), ""
+    warned: set[str] = set()
     while True:
         total: dict[str, int] = {}
         for spec, runs in loaded:
-            statuses, _ = stt.run_statuses(Store(spec.root), runs)
+            statuses, warning = stt.run_statuses(Store(spec.root), runs)
+            if warning and warning not in warned:  # e.g. no sacct here: the states may never change
+                click.echo(f"warning: {warning}", err=True)
+                warned.add(warning)
             for k, n in stt.counts(statuses).items():
                 total[k] = total.get(k, 0) + n
         line = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in total.items() if n)
@@ -266,18 +282,49 @@ def logs(run_dir: str, lines: int) -> None:
     from launch.store import read_json
 
     d = Path(run_dir)
-    if not (d / st.RUN_FILE).exists():
+    state = read_json(d / st.STATE_FILE) or {}
+    job_err = _job_stderr(d, state)
+    if not (d / st.RUN_FILE).exists() and job_err is None:
         raise UserError(f"{run_dir}: not a run directory (no {st.RUN_FILE})")
     log = d / st.LOG_FILE
     if log.exists():
-        text = log.read_text(errors="replace").splitlines()
-        click.echo(f"==> {log} (last {min(lines, len(text))} of {len(text)} lines)")
-        click.echo("\n".join(text[-lines:]))
+        _tail(log, lines)
     else:
         click.echo(f"{log}: no log yet")
-    state = read_json(d / st.STATE_FILE) or {}
     if state.get("error"):
         click.echo(f"==> error\n{state['error']}")
+    # what the job said outside the run (setup lines, imports, the scheduler's kills): not shown
+    # for a completed run, whose log.txt says it all
+    if job_err is not None and job_err.exists() and state.get("state") != st.COMPLETED:
+        _tail(job_err, lines)
+
+
+def _tail(path: Path, lines: int) -> None:
+    text = path.read_text(errors="replace").splitlines()
+    click.echo(f"==> {path} (last {min(lines, len(text))} of {len(text)} lines)")
+    click.echo("\n".join(text[-lines:]))
+
+
+def _job_stderr(run_dir: Path, state: dict[str, Any]) -> Path | None:
+    """The stderr file of the run's latest job: its tree's jobs files name the job (a run
+    whose job died before it started has no directory, only that entry)."""
+    from launch.store import META, read_json
+
+    here = run_dir.absolute()
+    root = next((p for p in here.parents if (p / META / "jobs").is_dir()), None)
+    if root is None:
+        return None
+    rel = here.relative_to(root).as_posix()
+    jobs = [(read_json(f) or {}).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
+    job = next((j for j in jobs if isinstance(j, str)), None)
+    if job is None:
+        return None
+    if root.is_relative_to(Path.cwd()):  # shown as the user would type it
+        root = root.relative_to(Path.cwd())
+    if not job.startswith("local:"):
+        return root / META / "submitit" / f"{job}_0_log.err"
+    pid = str(state.get("job_id") or "")  # a local run: the worker that ran it last
+    return root / META / "submitit-local" / pid / f"{pid}_0_log.err" if pid.isdigit() else None
 
 
 @cli.command()
@@ -293,6 +340,7 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
     from launch.store import Store
 
     loaded = [_load(p, root, only) for p in spec_paths]
+    _warn_missing_roots(loaded)
     roots = {str(spec.root) for spec, _ in loaded}
     if len(roots) > 1:
         raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")
@@ -313,18 +361,33 @@ def mapping(spec_paths: tuple[str, ...], output: str, check: bool) -> None:
     from launch.mapping import render
 
     loaded = [_load(p, None) for p in spec_paths]
-    text = render(loaded, " ".join(spec_paths))
+    args = _as_glob(spec_paths)
+    text = render(loaded, args)
     if check:
         current = Path(output).read_text() if Path(output).exists() else ""
         if current != text:
-            click.echo(f"{output} is stale: run `sweep mapping {' '.join(spec_paths)}`", err=True)
+            click.echo(f"{output} is stale: run `sweep mapping {args}`", err=True)
             sys.exit(1)
         click.echo(f"{output} is up to date")
         return
     tmp = Path(output).with_name(f".{Path(output).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise UserError(f"{output}: cannot write: {e.strerror or e}") from None
     click.echo(f"wrote {output}")
+
+
+def _as_glob(spec_paths: tuple[str, ...]) -> str:
+    """``sweeps/a.yaml sweeps/b.yaml`` -> ``sweeps/*.yaml`` when they are all of that folder's
+    specs (what the shell made of the glob), so the generated header does not depend on it."""
+    folders = {str(Path(p).parent) for p in spec_paths}
+    if len(folders) == 1:
+        folder = Path(folders.pop())
+        if sorted(spec_paths) == sorted(str(p) for p in folder.glob("*.yaml")):
+            return str(folder / "*.yaml")
+    return " ".join(spec_paths)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -346,6 +409,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:  # e.g. a --root or output path that cannot be created: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or e}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -63,10 +63,12 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         try:
             with open(d / METRICS_FILE) as f:
                 recs = [json.loads(line) for line in f if line.strip()]
+            if not all(isinstance(rec, dict) and isinstance(rec.get("metrics"), dict) for rec in recs):
+                raise ValueError("not the records ctx.log writes")
         except FileNotFoundError:
             report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
             continue
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
             report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
             continue
         for k in r.config:

@@ -7,14 +7,18 @@ queued, and the runs report their own state on disk.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,21 +100,48 @@ class SlurmBackend:
         return ex
 
     def submit(self, units: list[list[str]], array_size: int,
-               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
+               infos: dict[str, dict[str, Any]] | None = None,
+               accepted: Callable[[list[Submitted]], None] | None = None) -> list[Submitted]:
+        """One job array per chunk; ``accepted`` hears of each array as sbatch takes it, so
+        a failure (or Ctrl-C) at a later array loses no record of the earlier ones."""
         if not units:
             return []
         infos = infos or {}
         ex = self._executor()
         out: list[Submitted] = []
         for chunk in chunks(units, array_size):
-            try:
-                with ex.batch():
-                    jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos}))
-                            for unit in chunk]
-            except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
-                raise UserError(f"sbatch failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
-            out += [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+            with _sigint_deferred():  # an array sbatch took is recorded before Ctrl-C stops the launch
+                try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
+                    with contextlib.redirect_stderr(io.StringIO()), ex.batch():
+                        jobs = [ex.submit(RunUnit(str(self.store.root), unit,
+                                                  {r: infos[r] for r in unit if r in infos})) for unit in chunk]
+                except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
+                    msg = str(e).strip().splitlines()[-1] if str(e).strip() else e
+                    raise UserError(f"sbatch failed: {msg}") from None
+                done = [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+                if accepted is not None:
+                    accepted(done)
+            out += done
         return out
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends (KeyboardInterrupt then). Without
+    this, Ctrl-C while sbatch runs interrupts submitit and sbatch still queues the array,
+    which nobody records: a relaunch would submit its runs a second time."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
 
 
 class LocalBackend:
@@ -123,7 +154,8 @@ class LocalBackend:
         self.concurrency = concurrency
 
     def submit(self, units: list[list[str]], array_size: int = 0,
-               infos: dict[str, dict[str, Any]] | None = None) -> list[Submitted]:
+               infos: dict[str, dict[str, Any]] | None = None,
+               accepted: Callable[[list[Submitted]], None] | None = None) -> list[Submitted]:
         if not units:
             return []
         infos = infos or {}
@@ -139,11 +171,60 @@ class LocalBackend:
         ex.update_parameters(timeout_min=7 * 24 * 60)
         n = min(self.concurrency, len(units))
         threads = max(1, (os.cpu_count() or 1) // n)
-        workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
+        with _stdio_to_devnull():
+            workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
         pids = [int(w.job_id) for w in workers]
         write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
         job_id = f"local:{qid}"
-        return [Submitted(unit, job_id) for unit in units]
+        done = [Submitted(unit, job_id) for unit in units]
+        if accepted is not None:
+            accepted(done)
+        return done
+
+
+@contextlib.contextmanager
+def _stdio_to_devnull() -> Iterator[None]:
+    """Processes started inside inherit /dev/null as stdin/stdout/stderr, not ours.
+
+    submitit's LocalExecutor starts its controllers with Popen's defaults; a worker
+    holding the launching command's pipe makes ``sweep launch | tee``,
+    ``$(sweep launch …)`` or a captured subprocess wait for the whole sweep. (The
+    workers' own output goes to files in the submitit folder either way.)"""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved: list[int | None] = []
+    for fd in (0, 1, 2):
+        try:
+            saved.append(os.dup(fd))
+        except OSError:  # not open
+            saved.append(None)
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, old in zip((0, 1, 2), saved):
+            if old is None:
+                os.close(fd)
+            else:
+                os.dup2(old, fd)
+                os.close(old)
+        os.close(null)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine runs (a zombie, finished but not reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def local_queue_alive(store: Store, job_id: str) -> bool | None:
@@ -152,36 +233,50 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     info = read_json(store.meta / "queue" / qid / "workers.json")
     if not info or info.get("_corrupt"):
         return None
-    for pid in info.get("pids", []):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            return True
-        # a zombie (finished, not yet reaped) is not alive
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-                continue
-        except OSError:
-            pass
-        return True
-    return False
+    return any(is_local_worker(pid) for pid in info.get("pids", []))
 
 
-def cancel_local(store: Store, rel_dirs: list[str], whole_queue: bool) -> None:
-    """Take unstarted units of these runs out of their local queues; with
-    ``whole_queue`` also stop the queues' workers (and so the running runs)."""
-    wanted = set(rel_dirs)
-    for qdir in (store.meta / "queue").glob("*"):
+def is_local_worker(pid: int) -> bool:
+    """A live process that is a submitit job (so a recycled pid is never signalled, nor taken for a worker)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): trust the pid
+    except OSError:
+        return False
+
+
+def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> None:
+    """Stop local runs (run dir -> its ``local:<queue>`` job id): take their units out of
+    their queue and interrupt the worker that claimed each (SIGINT, as submitit cancels a
+    local job; SIGKILL if it is still there after ``wait_s``). Returns once they are gone.
+    Only the runs' own queues are touched: another spec sharing the tree keeps its workers;
+    a worker that loses its unit this way takes no further units (the queue's other workers do)."""
+    by_queue: dict[str, set[str]] = {}
+    for rel, job_id in runs.items():
+        by_queue.setdefault(job_id.split(":", 1)[1], set()).add(rel)
+    pids: set[int] = set()
+    for qid, wanted in by_queue.items():
+        qdir = store.meta / "queue" / qid
         for item in (qdir / "todo").glob("*.json"):
-            unit = (read_json(item) or {}).get("rel_dirs", [])
-            if set(unit) & wanted:
+            if set((read_json(item) or {}).get("rel_dirs", [])) & wanted:
                 item.unlink(missing_ok=True)
-        if whole_queue:
-            info = read_json(qdir / "workers.json") or {}
-            for pid in info.get("pids", []):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        # claimed units after the todo pass, so a unit claimed meanwhile is seen here;
+        # a claimed file is named <unit>.<pid of the worker that runs it>.json
+        for item in (qdir / "claimed").glob("*.json"):
+            if set((read_json(item) or {}).get("rel_dirs", [])) & wanted:
+                pid = item.name.split(".")[1]
+                if pid.isdigit():
+                    pids.add(int(pid))
+    live = [pid for pid in pids if is_local_worker(pid)]
+    for pid in live:
+        os.kill(pid, signal.SIGINT)
+    deadline = time.time() + wait_s
+    while live and time.time() < deadline:
+        time.sleep(0.1)
+        live = [pid for pid in live if pid_alive(pid)]
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

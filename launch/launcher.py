@@ -17,6 +17,7 @@ from launch.errors import UserError
 from launch.executors import (
     LocalBackend,
     SlurmBackend,
+    Submitted,
     chunks,
     max_array_size,
     render_sbatch,
@@ -78,6 +79,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
            echo: Any = print) -> LaunchPlan:
     store = Store(spec.root)
     store.check_manifest(spec.name, runs)
+    store.check_other_specs(spec.name, runs)
     for r in runs:
         store.check_run_dir(r)
     res = {**spec.resources, **(resources or {})}
@@ -102,6 +104,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
+        old_manifest = store.read_manifest(spec.name)
         store.write_manifest(spec.name, os.path.abspath(spec.file), runs)
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, spec.wandb, spec.max_requeues) for r in p.to_submit}
@@ -111,14 +114,27 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
                                    submitted_at=time.time(), requeues=0, error=None, ended_at=None)
             # a fresh run gets no files yet: the jobs file below says it is submitted and
             # the job writes run.json when it starts (20,000 fewer files at 10,000 runs)
+        done: dict[str, str] = {}  # run dir -> job id, recorded as each job array is accepted
+
+        def accepted(subs: list[Submitted]) -> None:
+            jobs = {rel: s.job_id for s in subs for rel in s.unit}
+            record_jobs(store, spec.name, jobs)
+            done.update(jobs)
+
         try:
-            submitted = backend.submit(p.units, array_size, infos)
+            submitted = backend.submit(p.units, array_size, infos, accepted)
         except BaseException:
-            for r in p.to_submit:  # leave the runs as they were
-                if previous[r.rel_dir]:
+            for r in p.to_submit:  # leave the runs that were not submitted as they were
+                if previous[r.rel_dir] and r.rel_dir not in done:
                     write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
+            if done:
+                echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
+                     f"launching again submits the rest")
+            elif old_manifest:
+                write_json(store.manifest_path(spec.name), old_manifest)
+            else:  # nothing launched: the spec may still be edited freely
+                store.manifest_path(spec.name).unlink(missing_ok=True)
             raise
-        record_jobs(store, spec.name, {rel: s.job_id for s in submitted for rel in s.unit})
         # a run whose job started before the jobs file was written has its own state.json already
         ids = sorted({s.job_id.split("_")[0] for s in submitted})
         what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \

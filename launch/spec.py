@@ -6,6 +6,7 @@ path (``axes[1].values[0]``), so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,33 @@ WANDB_KEYS = {"project": str, "entity": str, "mode": str, "tags": list}
 WANDB_MODES = {"online", "offline", "disabled"}
 # names the templates may use besides config parameters
 TEMPLATE_NAMES = {"task", "seed", "group", "run_key"}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as a string; YAML 1.2 and every researcher read a number
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def yaml_value(text: str) -> Any:
+    """One value as a spec would read it (``--only`` values)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 @dataclass(frozen=True)
@@ -72,7 +100,7 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
     if p.is_dir():
         raise UserError(f"{f}: is a directory, not a spec file")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -176,7 +204,10 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     if raw.get("gates") is not None and not isinstance(raw["gates"], dict):
         raise SpecError(file, "gates", f"must be a mapping of thresholds, got {_tname(raw['gates'])}")
 
-    root_path = Path(root) if root is not None else Path(_expect(raw.get("root", "checkpoints"), str, file, "root"))
+    spec_root = _expect(raw.get("root", "checkpoints"), str, file, "root")  # checked also when --root wins
+    if not spec_root.strip():
+        raise SpecError(file, "root", "is empty (leave it out for ./checkpoints)")
+    root_path = Path(root) if root is not None else Path(spec_root)
     return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,
                 path_template=path_t, fixed=fixed, axes=axes, seeds=list(seeds_raw), resources=resources,
                 wandb=wandb, pack=pack, max_requeues=max_requeues, experiment=exp)
@@ -287,6 +318,9 @@ def _parse_typed_block(block: Any, schema: dict[str, Any], file: str, key: str) 
             raise SpecError(file, f"{key}.{k}", f"must be {_tname(t)}, got {_tname(v)} {v!r}")
         if isinstance(v, (int, float)) and v <= 0:
             raise SpecError(file, f"{key}.{k}", f"must be positive, got {v}")
+        for i, item in enumerate(v if isinstance(v, list) else []):  # setup lines, tags
+            if not isinstance(item, str):
+                raise SpecError(file, f"{key}.{k}[{i}]", f"must be a string, got {_tname(item)} {item!r}")
         out[k] = v
     return out
 

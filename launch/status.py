@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from launch import store as st
-from launch.executors import local_queue_alive
+from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
 from launch.store import Store, read_jobs, read_json
 from launch.tasks import Run
@@ -152,6 +153,9 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 alive = local_alive[jid]
                 if alive is False:
                     s.state, s.reason = FAILED, "local worker exited before the run finished"
+                elif dstate == st.RUNNING and _died_here(d):
+                    # its queue goes on with other workers, but the one running this run is gone
+                    s.state, s.reason = FAILED, f"local worker (pid {d['pid']}) died while running it (killed?)"
                 else:
                     s.state = RUNNING if dstate == st.RUNNING else PENDING
             elif jid in sched:
@@ -180,6 +184,13 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     return out, warning
 
 
+def _died_here(d: dict[str, Any]) -> bool:
+    """The process that wrote ``running`` (pid, host in state.json) no longer runs on this machine
+    (gone, or its pid now belongs to another program, as after a reboot)."""
+    pid = d.get("pid")
+    return isinstance(pid, int) and d.get("host") == socket.gethostname() and not is_local_worker(pid)
+
+
 def _last_line(text: str | None) -> str | None:
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else None
@@ -198,6 +209,8 @@ def _last_metric(store: Store, r: Run) -> str | None:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
             continue
         name, value = next(iter(rec["metrics"].items()), (None, None))
         if name is None:

@@ -53,13 +53,15 @@ def write_json(path: Path | str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A harness JSON file (always an object); None when missing, ``{"_corrupt": True}`` when unreadable."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"_corrupt": True}
+    return data if isinstance(data, dict) else {"_corrupt": True}
 
 
 class Store:
@@ -140,6 +142,19 @@ class Store:
         if info and not info.get("_corrupt") and info.get("run_key") != run.run_key:
             raise UserError(f"{self.run_dir(run)} already holds run {info.get('run_key')} of spec "
                             f"{info.get('spec')!r}, not {run.run_key}: two specs map to one directory")
+
+    def check_other_specs(self, spec: str, runs: list[Run]) -> None:
+        """A run directory another spec of the tree has launched a different run into, whether
+        or not that run has started (its run.json is written only when it starts)."""
+        by_dir = {r.rel_dir: r for r in runs}
+        for path in sorted((self.meta / "manifests").glob("*.json")):
+            if path.stem == spec:
+                continue
+            for rel, entry in ((read_json(path) or {}).get("runs") or {}).items():
+                r = by_dir.get(rel)
+                if r is not None and isinstance(entry, dict) and entry.get("run_key") != r.run_key:
+                    raise UserError(f"{self.run_dir(r)} is run {entry.get('run_key')} of spec {path.stem!r}, "
+                                    f"not {r.run_key}: two specs map to one directory")
 
     @staticmethod
     def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> dict[str, Any]:

@@ -12,12 +12,13 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
 from launch.errors import SpecError, UserError
-from launch.spec import Axis, Spec
+from launch.spec import Axis, Spec, yaml_value
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ def expand(spec: Spec) -> list[Run]:
                 fields = {**config, "task": task, "seed": seed, "group": group, "run_key": key}
                 rel = _format(spec.path_template, fields, spec, "path")
                 desc = f"group {group} task {task} seed {seed}"
+                if not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+                    # a value like '../x' or '' would put the run outside the tree root
+                    raise SpecError(spec.file, "path", f"{desc} maps to {rel!r}, outside the tree root")
                 if rel in where:
                     raise SpecError(spec.file, "path", f"template collides: {where[rel]} and {desc} both map "
                                                        f"to {rel!r}")
@@ -123,7 +127,7 @@ def parse_only(expr: str | None, runs: list[Run], defaults: dict[str, Any] | Non
         if known and k not in known:
             raise UserError(f"--only: unknown parameter {k!r}")
         try:
-            out[k] = yaml.safe_load(v)
+            out[k] = yaml_value(v)
         except yaml.YAMLError:
             out[k] = v
     return out

@@ -255,6 +255,17 @@ def logs_of_a_plain_directory(tmp: Path) -> list[str]:
     return ["logs", "somewhere"]
 
 
+@case("tree/.sweep/locks: Not a directory")
+def launch_root_below_a_file(tmp: Path) -> list[str]:
+    (tmp / "tree").write_text("a file, not a folder")
+    return ["launch", sortgpt_spec(tmp), "--cluster", "local", "--root", "tree/"]
+
+
+@case("nowhere/TASK_MAPPING.md: cannot write: No such file or directory")
+def mapping_into_a_missing_folder(tmp: Path) -> list[str]:
+    return ["mapping", sortgpt_spec(tmp), "-o", "nowhere/TASK_MAPPING.md"]
+
+
 # -- checkpoints to `sweep sort` -------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from launch.executors import pid_alive
 from launch.store import Store
 from tests.helpers import finished, status_json, sweep, tree_snapshot, wait_for
 
@@ -174,3 +175,141 @@ def test_two_launches_at_once_submit_each_run_once(tmp_path: Path):
     wait_for(lambda: finished(spec, root), timeout=120, what="runs")
     states = [json.loads((root / r["rel_dir"] / "state.json").read_text()) for r in status_json(spec, root)["runs"]]
     assert all(s["state"] == "completed" and s["attempts"] == 1 for s in states)
+
+
+def _state(root: Path, rel_dir: str) -> dict:
+    return json.loads((root / rel_dir / "state.json").read_text()) if (root / rel_dir / "state.json").exists() else {}
+
+
+def _running(spec: Path, root: Path) -> list[dict] | None:
+    rows = status_json(spec, root)["runs"]
+    return rows if all(_state(root, r["rel_dir"]).get("state") == "running" for r in rows) else None
+
+
+LONG = SPEC.replace("fixed: {steps: 4, step_sleep_s: 0.2}", "fixed: {steps: 600, step_sleep_s: 0.05}") \
+    .replace("  - {x: [0, 1], group: true}\n", "").replace("  - {label: [a, b]}\n", "") \
+    .replace("fail_at_step: [-1, 2]", "fail_at_step: [-1]")  # 2 runs of 30 s
+
+
+def test_launch_with_its_output_captured_returns_at_once(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG)
+    root = tmp_path / "tree"
+    # `sweep` runs with stdout/stderr on pipes (as in `sweep launch | tee` or `$(sweep launch)`): the
+    # workers must not hold them, or the launch returns only when the sweep has finished
+    out = sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2").stdout
+    assert "submitted 2 runs" in out
+    assert finished(spec, root) is None, "the launch returned only after its runs had finished"
+    sweep("cancel", spec, "--root", root)
+
+
+def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
+    a = tmp_path / "a.yaml"
+    a.write_text(LONG)
+    b = tmp_path / "b.yaml"  # another spec in the same tree, with its own local queue
+    b.write_text(a.read_text().replace("noop/", "other/").replace("steps: 600", "steps: 200")
+                 .replace("seeds: [1, 2]", "seeds: [1]"))
+    root = tmp_path / "tree"
+    sweep("launch", a, "--cluster", "local", "--root", root, "--concurrency", "2")
+    sweep("launch", b, "--cluster", "local", "--root", root, "--concurrency", "1")
+    rows = wait_for(lambda: _running(a, root), timeout=60, what="a's runs to start")
+    wait_for(lambda: _running(b, root), timeout=60, what="b's run to start")
+
+    assert "cancelled 2 runs" in sweep("cancel", a, "--root", root).stdout
+    # the runs' processes are gone: nothing writes to their directories any more
+    for r in rows:
+        assert not pid_alive(_state(root, r["rel_dir"])["pid"])
+    snap = tree_snapshot(root / "noop")
+    assert {r["state"] for r in status_json(a, root)["runs"]} == {"failed"}
+    # b's run was left alone and completes
+    assert wait_for(lambda: finished(b, root), timeout=120, what="b's run")["completed"] == 1
+    assert tree_snapshot(root / "noop") == snap
+    for r in status_json(a, root)["runs"]:
+        st = _state(root, r["rel_dir"])
+        assert st["state"] == "failed" and st["error"] == "cancelled by sweep cancel"
+        assert r["step"] < r["total"]
+
+
+def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Path):
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    victim, other = rows
+    os.kill(_state(root, victim["rel_dir"])["pid"], signal.SIGKILL)
+
+    def victim_failed() -> list[dict] | None:
+        now = status_json(spec, root)["runs"]
+        return now if now[0]["state"] == "failed" else None
+
+    now = wait_for(victim_failed, timeout=60, what="status to notice the killed run")
+    assert "died" in now[0]["reason"]
+    assert now[1]["state"] == "running"  # the other worker of the same queue still runs
+    sweep("cancel", spec, "--root", root)
+
+
+def test_collect_and_status_list_corrupt_runs_and_go_on(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    rows = wait_for(lambda: finished(spec, root), timeout=120, what="runs") and status_json(spec, root)["runs"]
+    dirs = [root / r["rel_dir"] for r in rows]
+    with open(dirs[0] / "metrics.jsonl", "a") as f:  # a record cut short
+        f.write('{"step": 5, "split": "tr')
+    with open(dirs[1] / "metrics.jsonl", "a") as f:  # JSON, but not a record ctx.log writes
+        f.write('{"step": 5, "split": "train", "metrics": null}\n')
+    (dirs[2] / "state.json").write_text("[1, 2]")  # JSON, but not an object
+    (dirs[3] / "state.json").write_text('{"state": "compl')
+
+    p = sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    assert "skipped 2 runs (corrupt metrics.jsonl)" in p.stderr
+    assert "skipped 2 runs (corrupt state.json)" in p.stderr
+    assert "from 4 of 8 runs" in p.stdout
+    now = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
+    assert now[rows[2]["rel_dir"]]["reason"] == now[rows[3]["rel_dir"]]["reason"] == "state.json is corrupt"
+    assert now[rows[1]["rel_dir"]]["state"] == "completed"
+
+
+def test_status_from_another_directory_warns_that_the_relative_root_is_missing(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("root: tree\n" + SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0"))
+    sweep("launch", spec, "--cluster", "local", "--dry-run", cwd=tmp_path)  # a relative root, as in the README
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for cmd in (["status"], ["wait"], ["collect", "-o", "r.parquet"]):
+        p = sweep(cmd[0], spec, *cmd[1:], cwd=elsewhere)
+        assert f"warning: tree root {elsewhere / 'tree'} does not exist" in p.stderr, p.stderr
+    assert "warning" not in sweep("status", spec, "--root", tmp_path, cwd=elsewhere).stderr
+
+
+def test_a_second_spec_cannot_claim_the_directories_of_runs_not_started_yet(tmp_path: Path):
+    a = tmp_path / "a.yaml"
+    a.write_text(LONG)
+    b = tmp_path / "b.yaml"  # the same directories, another config
+    b.write_text(LONG.replace("steps: 600", "steps: 3"))
+    root = tmp_path / "tree"
+    sweep("launch", a, "--cluster", "local", "--root", root, "--concurrency", "1")  # the 2nd run waits
+    for args in ([], ["--dry-run"]):
+        p = sweep("launch", b, "--cluster", "local", "--root", root, *args, check=False)
+        assert p.returncode == 2, p.stderr
+        assert "of spec 'a'" in p.stderr and "two specs map to one directory" in p.stderr, p.stderr
+    assert not list((root / ".sweep").glob("*/b.*"))  # b wrote nothing: no manifest, jobs, lock
+    sweep("cancel", a, "--root", root)
+
+
+def test_wait_says_when_the_scheduler_cannot_be_asked(tmp_path: Path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    root = tmp_path / "tree"
+    (root / ".sweep" / "jobs").mkdir(parents=True)  # one run handed to SLURM job 4242, not started
+    (root / ".sweep" / "jobs" / "spec.json").write_text(json.dumps({"noop/g0/task_0000/seed1": "4242_0"}))
+    no_slurm = {"PATH": str(tmp_path)}  # neither sacct nor squeue
+    p = sweep("wait", spec, "--root", root, "--timeout", "0", "--interval", "0.1", env=no_slurm, check=False)
+    assert p.returncode == 1
+    assert "warning: scheduler unreachable" in p.stderr and "still active" in p.stderr, p.stderr

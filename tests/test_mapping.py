@@ -7,6 +7,7 @@ from pathlib import Path
 from launch.mapping import render
 from launch.spec import load_spec
 from launch.tasks import expand
+from tests.helpers import sweep
 
 REPO = Path(__file__).resolve().parent.parent
 ARGS = "sweeps/*.yaml"
@@ -35,3 +36,11 @@ def test_seed003_task_numbering():
     assert "| task_0003 | 2 | false | curriculum |" in section
     assert "| task_0007 | 1 | false | curriculum |" in section
     assert "168 runs" in text and "84 runs" in text
+
+
+def test_the_documented_command_reproduces_the_file():
+    # what a shell makes of `sweep mapping sweeps/*.yaml` (README, `make mapping`)
+    specs = sorted(str(p.relative_to(REPO)) for p in (REPO / "sweeps").glob("*.yaml"))
+    p = sweep("mapping", *specs, "--check", cwd=REPO, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "is up to date" in p.stdout

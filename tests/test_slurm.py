@@ -193,3 +193,62 @@ def test_time_limit_signal_requeues_and_resumes(slurm, tmp_path: Path):
     state = json.loads((run_dir / "state.json").read_text())
     assert state.get("requeues", 0) >= 1, state
     assert metrics(run_dir) == metrics(twin_dir)
+
+
+def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tmp_path: Path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", check=False)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "partition" in lines[0], p.stderr
+    # nothing was launched: editing the grid is not a renumbering
+    spec.write_text(GRID.replace("label: [a, b", "label: [z, a, b"))
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run").stdout
+    assert "would submit 10 runs" in out
+
+
+def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a",
+          "--setup", "echo 'module: cuda/99.1 not found' >&2; exit 3")
+    wait_for(lambda: counts(spec, root)["failed"] == 1, timeout=120, what="the job to fail")
+    rel = json.loads(sweep("status", spec, "--root", root, "--json", "--failed").stdout)["runs"][0]["rel_dir"]
+    assert not (root / rel).exists()  # the run never started: no run directory
+    out = sweep("logs", root / rel).stdout
+    assert "module: cuda/99.1 not found" in out
+
+
+def test_ctrl_c_between_job_arrays_loses_no_submitted_run(slurm, tmp_path: Path):
+    import os
+    import signal
+    import sys
+    import time
+
+    name = f"ctrlc_{os.getpid()}"  # the job name: sacct finds every array of this launch by it
+    spec = tmp_path / f"{name}.yaml"  # 40 runs = 8 job arrays of MaxArraySize 5
+    spec.write_text(GRID.replace("label: [a, b, c, d]", "label: [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, "
+                                 "s, t]").replace("steps: 3, step_sleep_s: 0.1", "steps: 1, step_sleep_s: 0.0"))
+    root = tmp_path / "tree"
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+    p = subprocess.Popen([sys.executable, "-m", "launch.cli", "launch", str(spec), "--cluster", "slurm", "--root",
+                          str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: p.poll() is not None or subprocess.run(["squeue", "-h", "--name", name, "-o", "%i"],
+                                                            capture_output=True, text=True).stdout.strip(),
+             timeout=120, interval=0.02, what="SLURM to hold a first array")
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)  # Ctrl-C while the later arrays are being submitted
+    p.communicate(timeout=120)
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)  # submits what the first one did not
+    c = wait_for(lambda: finished(spec, root), timeout=300, what="40 runs")
+    assert c["completed"] == 40
+    # SLURM ran 40 array elements under this name: no run was submitted twice
+    wait_for(lambda: len(subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "--name", name, "-S", since],
+                                        capture_output=True, text=True).stdout.split()) >= 40,
+             timeout=60, what="sacct to list 40 array elements")
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", since],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 40 and all("[" not in j for j in out), out

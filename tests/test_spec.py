@@ -100,6 +100,19 @@ BAD = [
                                       "axes: [{x: [1, 2]}]\n", "group: template field {x} varies inside a group"),
     ("group name from the seed", "experiment: noop\ngroup: 'g{seed}'\npath: '{group}/{x}/{seed}'\n"
                                  "axes: [{x: [1, 2]}]\n", "group: template field {seed}"),
+    ("value leaves the tree", "experiment: noop\npath: '{label}/s{seed}'\naxes: [{label: [a, '../../x']}]\n",
+     "path: group bad task 1 seed 0 maps to '../../x/s0', outside the tree root"),
+    ("empty value makes the path absolute", "experiment: noop\npath: '{label}/s{seed}'\naxes: [{label: ['']}]\n",
+     "path: group bad task 0 seed 0 maps to '/s0', outside the tree root"),
+    ("duplicate key", "experiment: noop\npath: 'a{seed}'\naxes: [{x: [1]}]\npath: 'b{seed}'\n",
+     "malformed YAML (line 4, column 1): duplicate key 'path'"),
+    ("setup line not a string", "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\nresources: {setup: [ok, 3]}\n",
+     "resources.setup[1]: must be a string, got an integer 3"),
+    ("wandb tag not a string", "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\nwandb: {tags: [{a: 1}]}\n",
+     "wandb.tags[0]: must be a string, got a mapping"),
+    ("root not a string under --root", "experiment: noop\nroot: 5\npath: '{seed}'\naxes: [{x: [1]}]\n",
+     "root: must be a string, got an integer 5"),
+    ("empty root", "experiment: noop\nroot: ''\npath: '{seed}'\naxes: [{x: [1]}]\n", "root: is empty"),
 ]
 
 
@@ -122,3 +135,10 @@ def test_spec_error_names_file_and_key(write_spec):
     with pytest.raises(SpecError) as e:
         load_spec(write_spec("experiment: noop\npath: '{seed}'\naxes: [{x: [1]}, {y: []}]\n"))
     assert e.value.key == "axes[1].values"
+
+
+def test_exponent_floats_without_a_dot_are_numbers(write_spec):
+    # plain YAML 1.1 reads 1e-3 as the string '1e-3'; researchers write learning rates that way
+    runs = expand(load_spec(write_spec("experiment: noop\npath: 's{seed}/{y}'\naxes: [{y: [1e-3, 2.5, -3E+2]}]\n")))
+    assert [r.config["y"] for r in runs] == [0.001, 2.5, -300.0]
+    assert [r.config["y"] for r in select(runs, parse_only("y=1e-3", runs))] == [0.001]

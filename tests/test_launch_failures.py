@@ -1,0 +1,79 @@
+"""Launch bookkeeping when a submission fails part-way: sbatch refusing the k-th job array
+(a per-user job limit, the controller going away) or Ctrl-C between arrays.
+
+The real SLURM cannot be made to refuse only the second array without changing the shared
+test cluster's limits, so a backend that accepts the first array and then fails stands in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from launch import launcher
+from launch.errors import UserError
+from launch.executors import Submitted
+from launch.spec import load_spec
+from launch.store import Store, read_jobs
+from launch.tasks import expand
+
+SPEC = """
+experiment: noop
+path: "x{x}/seed{seed}"
+axes:
+  - {x: [0, 1, 2, 3, 4, 5, 6]}
+seeds: [1]
+"""
+
+
+def _failing_after(n_arrays: int) -> type:
+    class Backend:
+        def __init__(self, store: Store, params: dict[str, Any]):
+            pass
+
+        def submit(self, units: list[list[str]], array_size: int, infos: Any = None, accepted: Any = None):
+            for i in range(n_arrays):
+                chunk = units[i * array_size:(i + 1) * array_size]
+                accepted([Submitted(u, f"{100 + i}_{j}") for j, u in enumerate(chunk)])
+            raise UserError("sbatch failed: QOSMaxSubmitJobPerUserLimit")
+
+    return Backend
+
+
+def _launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_arrays: int, text: str = SPEC):
+    (tmp_path / "spec.yaml").write_text(text)
+    spec = load_spec(tmp_path / "spec.yaml", root=tmp_path / "tree")
+    runs = expand(spec)
+    monkeypatch.setattr(launcher, "SlurmBackend", _failing_after(n_arrays))
+    monkeypatch.setattr(launcher, "max_array_size", lambda: 5)
+    with pytest.raises(UserError, match="QOSMaxSubmitJobPerUserLimit"):
+        launcher.launch(spec, runs, "slurm", echo=lambda *_: None)
+    return spec, runs, Store(spec.root)
+
+
+def test_the_arrays_submitted_before_a_failure_are_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec, runs, store = _launch(tmp_path, monkeypatch, n_arrays=1)
+    assert read_jobs(store, spec.name) == {r.rel_dir: f"100_{i}" for i, r in enumerate(runs[:5])}
+    # a relaunch submits only the two runs that never reached the scheduler
+    p = launcher.plan(spec, runs, store, retry_failed=False, query=False)
+    assert [r.rel_dir for r in p.to_submit] == [r.rel_dir for r in runs[5:]]
+    # and the manifest protects the submitted runs from a renumbering edit
+    with pytest.raises(UserError, match="would change runs already launched"):
+        store.check_manifest(spec.name, expand(load_spec(_write(tmp_path, SPEC + "fixed: {steps: 2}\n"),
+                                                         root=store.root)))
+
+
+def test_a_launch_that_submitted_nothing_leaves_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec, runs, store = _launch(tmp_path, monkeypatch, n_arrays=0)
+    assert read_jobs(store, spec.name) == {}
+    assert not store.manifest_path(spec.name).exists()
+    # so the spec may still be edited freely: nothing was launched
+    store.check_manifest(spec.name, expand(load_spec(_write(tmp_path, SPEC + "fixed: {steps: 2}\n"),
+                                                     root=store.root)))
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "edited.yaml"
+    p.write_text(text.replace('path: "x', 'name: spec\npath: "x'))
+    return p
