@@ -105,7 +105,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
         old_manifest = store.read_manifest(spec.name)
-        store.write_manifest(spec.name, os.path.abspath(spec.file), runs)
+        store.write_manifest(spec.name, os.path.abspath(spec.file), runs, old_manifest)
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, spec.wandb, spec.max_requeues) for r in p.to_submit}
         for r in p.to_submit:

@@ -122,8 +122,9 @@ class Store:
             raise UserError(f"spec {spec} would change runs already launched: {'; '.join(differ[:3])}{more}. "
                             f"Append new axis values at the end, or use a new spec name/path")
 
-    def write_manifest(self, spec: str, spec_file: str, runs: list[Run]) -> None:
-        old = self.read_manifest(spec) or {}
+    def write_manifest(self, spec: str, spec_file: str, runs: list[Run], old: dict[str, Any] | None) -> None:
+        """Add ``runs`` to the manifest whose current content (read under the spec's lock) is ``old``."""
+        old = old or {}
         entries = dict(old.get("runs", {}))
         for r in runs:
             entries[r.rel_dir] = {"run_key": r.run_key, "group": r.group, "task": r.task, "seed": r.seed,
