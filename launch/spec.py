@@ -169,15 +169,13 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     names = set(defaults) | TEMPLATE_NAMES
     group_t = _expect(raw.get("group", name), str, file, "group")
     path_t = _expect(raw["path"], str, file, "path")
-    _check_template(group_t, names - {"task", "group", "run_key", "seed"}, file, "group")
     # A group name is one per group point: a field that varies inside the group would
     # silently take its default for every task.
-    for fname in _template_fields(group_t):
-        if fname in seen_params and seen_params[fname].startswith("axes["):
-            i = int(seen_params[fname][5:-1])
-            if not axes[i].group:
-                raise SpecError(file, "group", f"template field {{{fname}}} varies inside a group ({seen_params[fname]} "
-                                               f"is not a group axis): add 'group: true' to that axis or drop the field")
+    inner_params = {prm for axis in axes if not axis.group for prm in axis.params}
+    for fname in _check_template(group_t, names - {"task", "group", "run_key", "seed"}, file, "group"):
+        if fname in inner_params:
+            raise SpecError(file, "group", f"template field {{{fname}}} varies inside a group ({seen_params[fname]} "
+                                           f"is not a group axis): add 'group: true' to that axis or drop the field")
     _check_template(path_t, names, file, "path")
     if "{seed" not in path_t and "{run_key" not in path_t:
         raise SpecError(file, "path", "must contain {seed} (each seed needs its own directory)")
@@ -287,23 +285,20 @@ def _check_param(name: str, value: Any, defaults: dict[str, Any], file: str, key
         raise SpecError(file, key, f"{name} must be {_tname(want)}, got {_tname(value)} {value!r}")
 
 
-def _template_fields(t: str) -> list[str]:
-    """The parameter names a (valid) template reads."""
-    return [f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(t) if f is not None]
-
-
-def _check_template(t: str, names: set[str], file: str, key: str) -> None:
+def _check_template(t: str, names: set[str], file: str, key: str) -> list[str]:
+    """The names the template reads, each one of ``names``."""
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
     except ValueError as e:
         raise SpecError(file, key, f"bad template {t!r}: {e}") from None
-    for fname in fields:
-        base = fname.split(".")[0].split("[")[0]
+    bases = [fname.split(".")[0].split("[")[0] for fname in fields]
+    for base in bases:
         if not base:
             raise SpecError(file, key, f"template {t!r} has an empty field {{}}; name a parameter")
         if base not in names:
             raise SpecError(file, key, f"template field {{{base}}} is neither a parameter nor one of "
                                        f"{', '.join(sorted(TEMPLATE_NAMES))}")
+    return bases
 
 
 def _parse_typed_block(block: Any, schema: dict[str, Any], file: str, key: str) -> dict[str, Any]:
