@@ -608,14 +608,15 @@ class Pack:
 
 def compile_mode_of(setting: bool | str) -> str | None:
     """torch.compile's mode for a compile setting (None: do not compile)."""
-    if setting is True:
-        return "default"
-    if setting is False or str(setting).strip() in ("", "0"):
+    if isinstance(setting, bool):
+        return "default" if setting else None
+    value = setting.strip()
+    if value in ("", "0"):
         return None
-    if str(setting).strip() not in COMPILE_MODES:
+    if value not in COMPILE_MODES:
         raise UserError(f"SORTGPT_COMPILE={setting!r}: expected 0, 1 or a torch.compile mode "
                         f"({', '.join(m for m in COMPILE_MODES if m != '1')})")
-    return COMPILE_MODES[str(setting).strip()]
+    return COMPILE_MODES[value]
 
 
 def train_pack(configs: Sequence[dict[str, Any]], ctxs: Sequence[RunContext],
