@@ -24,6 +24,17 @@ seeds: [1, 2]
 """
 
 
+def completed_quick_sweep(tmp_path: Path) -> tuple[Path, Path]:
+    """SPEC without sleeps or failing runs, launched locally and waited for: (spec, root)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
+                                                                                 "fail_at_step: [-1]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
+    return spec, root
+
+
 def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -103,12 +114,7 @@ def test_local_launch_status_relaunch_retry_collect(tmp_path: Path):
 
 
 def test_manifest_refuses_renumbering(tmp_path: Path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
-                                                                                 "fail_at_step: [-1]"))
-    root = tmp_path / "tree"
-    sweep("launch", spec, "--cluster", "local", "--root", root)
-    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
+    spec, root = completed_quick_sweep(tmp_path)
     # inserting a value at the front renumbers tasks: refused, naming the tasks
     spec.write_text(spec.read_text().replace("label: [a, b]", "label: [z, a, b]"))
     # (the first launch's workers may still be writing their submitit logs as they exit:
@@ -152,12 +158,7 @@ def test_logs_and_sequential_packs(tmp_path: Path):
 
 
 def test_status_without_spec_reads_the_trees_manifests(tmp_path: Path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
-                                                                                 "fail_at_step: [-1]"))
-    root = tmp_path / "tree"
-    sweep("launch", spec, "--cluster", "local", "--root", root)
-    wait_for(lambda: finished(spec, root), timeout=120, what="runs")
+    spec, root = completed_quick_sweep(tmp_path)
     out = sweep("status", "--root", root, cwd=tmp_path.parent).stdout
     assert out.strip() == "spec: 8 runs — 8 completed"
     p = sweep("status", "--root", tmp_path / "empty", check=False)
@@ -261,12 +262,8 @@ def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Pa
 
 
 def test_collect_and_status_list_corrupt_runs_and_go_on(tmp_path: Path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.replace("step_sleep_s: 0.2", "step_sleep_s: 0.0").replace("fail_at_step: [-1, 2]",
-                                                                                 "fail_at_step: [-1]"))
-    root = tmp_path / "tree"
-    sweep("launch", spec, "--cluster", "local", "--root", root)
-    rows = wait_for(lambda: finished(spec, root), timeout=120, what="runs") and status_json(spec, root)["runs"]
+    spec, root = completed_quick_sweep(tmp_path)
+    rows = status_json(spec, root)["runs"]
     dirs = [root / r["rel_dir"] for r in rows]
     with open(dirs[0] / "metrics.jsonl", "a") as f:  # a record cut short
         f.write('{"step": 5, "split": "tr')
