@@ -74,15 +74,29 @@ def as_set(spec: Spec | SpecSet) -> SpecSet:
 
 
 def load_spec_set(path: str | Path, root: str | Path | None = None) -> SpecSet:
-    """A plain spec (a set of one) or a composite one with its parts; ``root`` overrides every tree root."""
-    return _load(Path(path), root, stack=[])
+    """A plain spec (a set of one) or a composite one with its parts; ``root`` overrides every tree root
+    (the parts must name one root all the same: a composite spec is one tree)."""
+    path = Path(path)
+    raw = read_spec_file(path)
+    if not _is_composite(raw):
+        spec = parse_spec(raw, file=str(path), default_name=path.stem, root=root)
+        return SpecSet(file=spec.file, name=spec.name, parts=[spec])
+    sset = _load(path, stack=[])
+    if root is not None:
+        for part in sset.parts:
+            part.root = Path(root)
+    return sset
 
 
-def _load(path: Path, root: str | Path | None, stack: list[Path]) -> SpecSet:
+def _is_composite(raw: Any) -> bool:
+    return isinstance(raw, dict) and "include" in raw
+
+
+def _load(path: Path, stack: list[Path]) -> SpecSet:
     f = str(path)
     raw = read_spec_file(path)
-    if not (isinstance(raw, dict) and "include" in raw):
-        spec = parse_spec(raw, file=f, default_name=path.stem, root=root)
+    if not _is_composite(raw):
+        spec = parse_spec(raw, file=f, default_name=path.stem)
         return SpecSet(file=f, name=spec.name, parts=[spec])
     unknown = sorted(set(map(str, raw)) - COMPOSITE_KEYS)
     if unknown:
@@ -110,7 +124,7 @@ def _load(path: Path, root: str | Path | None, stack: list[Path]) -> SpecSet:
         if part_path.resolve() in here:
             cycle = " -> ".join(p.name for p in here[here.index(part_path.resolve()):] + [part_path.resolve()])
             raise SpecError(f, key, f"include cycle: {cycle}")
-        for part in _load(part_path, root, here).parts:
+        for part in _load(part_path, here).parts:
             resolved = Path(part.file).resolve()
             if resolved in seen:
                 raise SpecError(f, key, f"{part.file} is included twice (also by {seen[resolved]})")
