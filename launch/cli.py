@@ -15,11 +15,15 @@ import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from launch.errors import UserError
+
+if TYPE_CHECKING:
+    from launch.spec_set import SpecSet
+    from launch.tasks import Run
 
 CLUSTERS = ["slurm", "local"]
 
@@ -72,7 +76,7 @@ def cli() -> None:
     """Grid sweeps of small training runs on SLURM or this machine."""
 
 
-def _load(spec_path: str, root: str | None, only: str | None = None):
+def _load(spec_path: str, root: str | None, only: str | None = None) -> tuple[SpecSet, list[Run]]:
     """(the spec — a set of parts when composite, see launch.spec_set —, its runs that ``only`` selects)."""
     from launch.spec_set import expand_set, load_spec_set
     from launch.tasks import parse_only, select
@@ -82,7 +86,7 @@ def _load(spec_path: str, root: str | None, only: str | None = None):
     return sset, select(runs, parse_only(only, runs))
 
 
-def _distinct_runs(loaded: list[Any]) -> list[Any]:
+def _distinct_runs(loaded: list[tuple[SpecSet, list[Run]]]) -> list[Run]:
     """The runs of several specs, each once (a composite and one of its parts may both be named)."""
     seen: set[str] = set()
     out = []
@@ -97,7 +101,7 @@ def _distinct_runs(loaded: list[Any]) -> list[Any]:
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Tree root (default: the spec's root, usually ./checkpoints).")
 only_option = click.option("--only", default=None, metavar="EXPR",
-                           help="Filter runs, e.g. 'n_layers=1,use_mlp=false' (also group=, task=, seed=).")
+                           help="Filter runs, e.g. 'n_layers=1,use_mlp=false' (also group=, task=, seed=, spec=).")
 
 
 @cli.command()
