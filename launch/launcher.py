@@ -106,70 +106,65 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     with contextlib.ExitStack() as locks:
         for name in sorted(parts):  # one order for every launch: no deadlock between overlapping ones
             locks.enter_context(store.lock(name))
-        return _launch_locked(sset, runs, parts, store, cluster, res, retry_failed, concurrency, echo)
-
-
-def _launch_locked(sset: SpecSet, runs: list[Run], parts: dict[str, list[Run]], store: Store, cluster: str,
-                   res: dict[str, Any], retry_failed: bool, concurrency: int | None, echo: Any) -> LaunchPlan:
-    p = plan(sset, runs, store, retry_failed)
-    if p.warning:
-        echo(f"warning: {p.warning}")
-    if not p.to_submit:
-        echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
-        return p
-    if cluster == "slurm":
-        backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
-        array_size = max_array_size()
-    else:
-        backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
-        array_size = 0
-    old_manifests = {name: store.read_manifest(name) for name in parts}
-    for name, part_runs in parts.items():
-        store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
-    previous = {r.rel_dir: store.state(r) for r in p.to_submit}
-    infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues)
-             for r in p.to_submit}
-    part_of = {r.rel_dir: r.spec for r in p.to_submit}
-    for r in p.to_submit:
-        if previous[r.rel_dir]:  # a retry: reset what the last attempt left
-            store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
-                               submitted_at=time.time(), requeues=0, error=None, ended_at=None)
-        # a fresh run gets no files yet: the jobs file below says it is submitted and
-        # the job writes run.json when it starts (20,000 fewer files at 10,000 runs)
-    done: dict[str, str] = {}  # run dir -> job id, recorded as each job array is accepted
-
-    def accepted(subs: list[Submitted]) -> None:
-        jobs = {rel: s.job_id for s in subs for rel in s.unit}
-        by_part: dict[str, dict[str, str]] = {}
-        for rel, job in jobs.items():
-            by_part.setdefault(part_of[rel], {})[rel] = job
-        for name, part_jobs in by_part.items():
-            record_jobs(store, name, part_jobs)
-        done.update(jobs)
-
-    try:
-        submitted = backend.submit(p.units, array_size, infos, accepted)
-    except BaseException:
-        for r in p.to_submit:  # leave the runs that were not submitted as they were
-            if previous[r.rel_dir] and r.rel_dir not in done:
-                write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
-        if done:
-            echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
-                 f"launching again submits the rest")
+        p = plan(sset, runs, store, retry_failed)
+        if p.warning:
+            echo(f"warning: {p.warning}")
+        if not p.to_submit:
+            echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
+            return p
+        if cluster == "slurm":
+            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
+            array_size = max_array_size()
         else:
-            for name, old_manifest in old_manifests.items():
-                if old_manifest:
-                    write_json(store.manifest_path(name), old_manifest)
-                else:  # nothing launched: the spec may still be edited freely
-                    store.manifest_path(name).unlink(missing_ok=True)
-        raise
-    # a run whose job started before the jobs file was written has its own state.json already
-    ids = sorted({s.job_id.split("_")[0] for s in submitted})
-    what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
-        if cluster == "slurm" else f"the local queue {ids[0]}"
-    echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
-         + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
-    return p
+            backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
+            array_size = 0
+        old_manifests = {name: store.read_manifest(name) for name in parts}
+        for name, part_runs in parts.items():
+            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
+        previous = {r.rel_dir: store.state(r) for r in p.to_submit}
+        infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues)
+                 for r in p.to_submit}
+        part_of = {r.rel_dir: r.spec for r in p.to_submit}
+        for r in p.to_submit:
+            if previous[r.rel_dir]:  # a retry: reset what the last attempt left
+                store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
+                                   submitted_at=time.time(), requeues=0, error=None, ended_at=None)
+            # a fresh run gets no files yet: the jobs file below says it is submitted and
+            # the job writes run.json when it starts (20,000 fewer files at 10,000 runs)
+        done: dict[str, str] = {}  # run dir -> job id, recorded as each job array is accepted
+
+        def accepted(subs: list[Submitted]) -> None:
+            jobs = {rel: s.job_id for s in subs for rel in s.unit}
+            by_part: dict[str, dict[str, str]] = {}
+            for rel, job in jobs.items():
+                by_part.setdefault(part_of[rel], {})[rel] = job
+            for name, part_jobs in by_part.items():
+                record_jobs(store, name, part_jobs)
+            done.update(jobs)
+
+        try:
+            submitted = backend.submit(p.units, array_size, infos, accepted)
+        except BaseException:
+            for r in p.to_submit:  # leave the runs that were not submitted as they were
+                if previous[r.rel_dir] and r.rel_dir not in done:
+                    write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
+            if done:
+                echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
+                     f"launching again submits the rest")
+            else:
+                for name, old_manifest in old_manifests.items():
+                    if old_manifest:
+                        write_json(store.manifest_path(name), old_manifest)
+                    else:  # nothing launched: the spec may still be edited freely
+                        store.manifest_path(name).unlink(missing_ok=True)
+            raise
+        # a run whose job started before the jobs file was written has its own state.json already
+        ids = sorted({s.job_id.split("_")[0] for s in submitted})
+        what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
+            if cluster == "slurm" else f"the local queue {ids[0]}"
+        echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
+             + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
+        return p
 
 
 def _fmt_skipped(skipped: dict[str, int]) -> str:
