@@ -81,7 +81,7 @@ def load_spec_set(path: str | Path, root: str | Path | None = None) -> SpecSet:
     if not _is_composite(raw):
         spec = parse_spec(raw, file=str(path), default_name=path.stem, root=root)
         return SpecSet(file=spec.file, name=spec.name, parts=[spec])
-    sset = _load(path, stack=[])
+    sset = _load(path, stack=[], raw=raw)
     if root is not None:
         for part in sset.parts:
             part.root = Path(root)
@@ -92,9 +92,9 @@ def _is_composite(raw: Any) -> bool:
     return isinstance(raw, dict) and "include" in raw
 
 
-def _load(path: Path, stack: list[Path]) -> SpecSet:
+def _load(path: Path, stack: list[Path], raw: Any = None) -> SpecSet:
     f = str(path)
-    raw = read_spec_file(path)
+    raw = read_spec_file(path) if raw is None else raw
     if not _is_composite(raw):
         spec = parse_spec(raw, file=f, default_name=path.stem)
         return SpecSet(file=f, name=spec.name, parts=[spec])
