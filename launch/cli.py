@@ -15,11 +15,15 @@ import sys
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from launch.errors import UserError
+
+if TYPE_CHECKING:
+    from launch.spec_set import SpecSet
+    from launch.tasks import Run
 
 CLUSTERS = ["slurm", "local"]
 
@@ -72,19 +76,32 @@ def cli() -> None:
     """Grid sweeps of small training runs on SLURM or this machine."""
 
 
-def _load(spec_path: str, root: str | None, only: str | None = None):
-    from launch.spec import load_spec
-    from launch.tasks import expand, parse_only, select
+def _load(spec_path: str, root: str | None, only: str | None = None) -> tuple[SpecSet, list[Run]]:
+    """(the spec — a set of parts when composite, see launch.spec_set —, its runs that ``only`` selects)."""
+    from launch.spec_set import expand_set, load_spec_set
+    from launch.tasks import parse_only, select
 
-    spec = load_spec(spec_path, root=root)
-    runs = expand(spec)
-    return spec, select(runs, parse_only(only, runs))
+    sset = load_spec_set(spec_path, root=root)
+    runs = expand_set(sset)
+    return sset, select(runs, parse_only(only, runs))
+
+
+def _distinct_runs(loaded: list[tuple[SpecSet, list[Run]]]) -> list[Run]:
+    """The runs of several specs, each once (a composite and one of its parts may both be named)."""
+    seen: set[str] = set()
+    out = []
+    for _, runs in loaded:
+        for r in runs:
+            if r.rel_dir not in seen:
+                seen.add(r.rel_dir)
+                out.append(r)
+    return out
 
 
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Tree root (default: the spec's root, usually ./checkpoints).")
 only_option = click.option("--only", default=None, metavar="EXPR",
-                           help="Filter runs, e.g. 'n_layers=1,use_mlp=false' (also group=, task=, seed=).")
+                           help="Filter runs, e.g. 'n_layers=1,use_mlp=false' (also group=, task=, seed=, spec=).")
 
 
 @cli.command()
@@ -166,7 +183,7 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
     spec_paths = spec_paths or _launched_specs(root)
     loaded = [_load(p, root, only) for p in spec_paths]
     _warn_missing_roots(loaded)
-    all_rows, all_counts = [], {}
+    all_rows, all_counts, all_parts = [], {}, {}
     for spec, runs in loaded:
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
                                              details=verbose or failed)
@@ -174,15 +191,28 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
             click.echo(f"warning: {warning}", err=True)
         c = stt.counts(statuses)
         all_counts[spec.name] = c
-        rows = [s.row() for s in statuses if not failed or s.state == stt.FAILED]
-        all_rows += [{"spec": spec.name, **r} for r in rows] if (verbose or failed) else []
+        shown = [s for s in statuses if not failed or s.state == stt.FAILED]
+        rows = [s.row() for s in shown]
+        all_rows += [{"spec": s.run.spec, **r} for s, r in zip(shown, rows)] if (verbose or failed) else []
+        part_counts = {name: stt.counts([s for s in statuses if s.run.spec == name])
+                       for name in spec.by_part(runs)} if spec.composite else {}
+        if part_counts:
+            all_parts[spec.name] = part_counts
         if not as_json:
-            click.echo(f"{spec.name}: {len(runs)} runs — " +
-                       ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n))
+            click.echo(f"{spec.name}: {len(runs)} runs — {_fmt_counts(c)}")
+            for name, pc in part_counts.items():
+                click.echo(f"  {name}: {sum(pc.values())} runs — {_fmt_counts(pc)}")
             if verbose or failed:
                 _print_rows(rows)
     if as_json:
-        click.echo(json.dumps({"counts": all_counts, "runs": all_rows}, indent=1, default=str))
+        out: dict[str, Any] = {"counts": all_counts, "runs": all_rows}
+        if all_parts:  # composite specs: their counts per part
+            out["parts"] = all_parts
+        click.echo(json.dumps(out, indent=1, default=str))
+
+
+def _fmt_counts(c: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n)
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
@@ -249,10 +279,13 @@ def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeou
     _warn_missing_roots(loaded)
     t0, last = time.time(), ""
     warned: set[str] = set()
+    per_root: dict[Any, list[Any]] = {}
+    for spec, runs in loaded:
+        per_root.setdefault(spec.root, []).append((spec, runs))
     while True:
         total: dict[str, int] = {}
-        for spec, runs in loaded:
-            statuses, warning = stt.run_statuses(Store(spec.root), runs)
+        for spec_root, of_root in per_root.items():
+            statuses, warning = stt.run_statuses(Store(spec_root), _distinct_runs(of_root))
             if warning and warning not in warned:  # e.g. no sacct here: the states may never change
                 click.echo(f"warning: {warning}", err=True)
                 warned.add(warning)
@@ -344,7 +377,7 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
     roots = {str(spec.root) for spec, _ in loaded}
     if len(roots) > 1:
         raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")
-    runs = [r for _, rs in loaded for r in rs]
+    runs = _distinct_runs(loaded)
     report = do_collect(runs, Store(loaded[0][0].root), Path(output), include_incomplete=include_incomplete)
     for reason, dirs in report.skipped.items():
         click.echo(f"skipped {len(dirs)} runs ({reason}): {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}",

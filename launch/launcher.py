@@ -2,10 +2,15 @@
 
 Order of work: expand → check the manifest (no renumbering) → [dry run: print
 and stop] → lock → one status query → write run files → submit → record job ids.
+
+A composite spec (:mod:`launch.spec_set`) is launched as one: its parts' manifests
+are checked, its parts' locks held, and all its runs submitted together; the
+manifest and jobs file each run is recorded in stay its part's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +29,7 @@ from launch.executors import (
     slurm_parameters,
 )
 from launch.spec import Spec
+from launch.spec_set import SpecSet, as_set
 from launch.store import Store, record_jobs, write_json
 from launch.tasks import Run
 
@@ -62,7 +68,8 @@ def pack_units(runs: list[Run], pack: int | str, experiment: Any = None) -> list
     return units
 
 
-def plan(spec: Spec, runs: list[Run], store: Store, retry_failed: bool, query: bool = True) -> LaunchPlan:
+def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool, query: bool = True) -> LaunchPlan:
+    sset = as_set(spec)
     statuses, warning = stt.run_statuses(store, runs, query=query)
     skipped: dict[str, int] = {}
     todo = []
@@ -71,43 +78,53 @@ def plan(spec: Spec, runs: list[Run], store: Store, retry_failed: bool, query: b
             todo.append(s.run)
         else:
             skipped[s.state] = skipped.get(s.state, 0) + 1
-    return LaunchPlan(to_submit=todo, skipped=skipped, units=pack_units(todo, spec.pack, spec.experiment), warning=warning)
+    units = [u for name, part_todo in sset.by_part(todo).items()
+             for u in pack_units(part_todo, sset.part(name).pack, sset.part(name).experiment)]
+    return LaunchPlan(to_submit=todo, skipped=skipped, units=units, warning=warning)
 
 
-def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = False, dry_run: bool = False,
-           resources: dict[str, Any] | None = None, concurrency: int | None = None,
+def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
+           dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
            echo: Any = print) -> LaunchPlan:
-    store = Store(spec.root)
-    store.check_manifest(spec.name, runs)
-    store.check_other_specs(spec.name, runs)
+    sset = as_set(spec)
+    store = Store(sset.root)
+    parts = sset.by_part(runs)  # part name -> its runs: the manifests, locks and jobs files are per part
+    for name, part_runs in parts.items():
+        store.check_manifest(name, part_runs)
+        store.check_other_specs(name, part_runs)
     for r in runs:
         store.check_run_dir(r)
-    res = {**spec.resources, **(resources or {})}
+    res = {**sset.resources, **(resources or {})}
     if cluster not in ("slurm", "local"):
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
 
     if dry_run:
-        p = plan(spec, runs, store, retry_failed, query=cluster == "slurm")
-        _print_plan(spec, runs, p, cluster, res, store, concurrency, echo)
+        p = plan(sset, runs, store, retry_failed, query=cluster == "slurm")
+        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo)
         return p
 
-    with store.lock(spec.name):
-        p = plan(spec, runs, store, retry_failed)
+    with contextlib.ExitStack() as locks:
+        for name in sorted(parts):  # one order for every launch: no deadlock between overlapping ones
+            locks.enter_context(store.lock(name))
+        p = plan(sset, runs, store, retry_failed)
         if p.warning:
             echo(f"warning: {p.warning}")
         if not p.to_submit:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
         if cluster == "slurm":
-            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, spec.name))
+            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
             array_size = max_array_size()
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
-        old_manifest = store.read_manifest(spec.name)
-        store.write_manifest(spec.name, os.path.abspath(spec.file), runs, old_manifest)
+        old_manifests = {name: store.read_manifest(name) for name in parts}
+        for name, part_runs in parts.items():
+            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
-        infos = {r.rel_dir: store.run_info(r, spec.wandb, spec.max_requeues) for r in p.to_submit}
+        infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues)
+                 for r in p.to_submit}
+        part_of = {r.rel_dir: r.spec for r in p.to_submit}
         for r in p.to_submit:
             if previous[r.rel_dir]:  # a retry: reset what the last attempt left
                 store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,
@@ -118,7 +135,11 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
 
         def accepted(subs: list[Submitted]) -> None:
             jobs = {rel: s.job_id for s in subs for rel in s.unit}
-            record_jobs(store, spec.name, jobs)
+            by_part: dict[str, dict[str, str]] = {}
+            for rel, job in jobs.items():
+                by_part.setdefault(part_of[rel], {})[rel] = job
+            for name, part_jobs in by_part.items():
+                record_jobs(store, name, part_jobs)
             done.update(jobs)
 
         try:
@@ -130,10 +151,12 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
             if done:
                 echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
                      f"launching again submits the rest")
-            elif old_manifest:
-                write_json(store.manifest_path(spec.name), old_manifest)
-            else:  # nothing launched: the spec may still be edited freely
-                store.manifest_path(spec.name).unlink(missing_ok=True)
+            else:
+                for name, old_manifest in old_manifests.items():
+                    if old_manifest:
+                        write_json(store.manifest_path(name), old_manifest)
+                    else:  # nothing launched: the spec may still be edited freely
+                        store.manifest_path(name).unlink(missing_ok=True)
             raise
         # a run whose job started before the jobs file was written has its own state.json already
         ids = sorted({s.job_id.split("_")[0] for s in submitted})
@@ -152,15 +175,21 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
     return ", ".join(parts) + hint
 
 
-def _print_plan(spec: Spec, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
+def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
                 concurrency: int | None, echo: Any) -> None:
-    echo(f"spec {spec.name} ({spec.file}): experiment {spec.experiment_name}, {len(runs)} runs in "
+    kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
+    echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
     submit = {r.rel_dir for r in p.to_submit}
-    for r in runs:
-        mark = "submit" if r.rel_dir in submit else "skip  "
-        params = ", ".join(f"{k}={v}" for k, v in r.params.items())
-        echo(f"  {mark} {r.group} task_{r.task:04d} seed{r.seed} [{r.run_key}] {params}")
+    for name, part_runs in sset.by_part(runs).items():
+        if sset.composite:
+            n = sum(r.rel_dir in submit for r in part_runs)
+            echo(f"part {name} ({sset.part(name).file}): {len(part_runs)} runs in "
+                 f"{len({r.group for r in part_runs})} groups, {n} to submit")
+        for r in part_runs:
+            mark = "submit" if r.rel_dir in submit else "skip  "
+            params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+            echo(f"  {mark} {r.group} task_{r.task:04d} seed{r.seed} [{r.run_key}] {params}")
     echo(f"would submit {len(p.to_submit)} runs as {len(p.units)} jobs" +
          (f"; skip {_fmt_skipped(p.skipped)}" if p.skipped else ""))
     if cluster == "slurm":
@@ -168,7 +197,7 @@ def _print_plan(spec: Spec, runs: list[Run], p: LaunchPlan, cluster: str, res: d
         arrays = chunks(p.units, size)
         echo(f"job arrays (MaxArraySize {size}): " + (", ".join(
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
-        params = slurm_parameters(res, spec.name)
+        params = slurm_parameters(res, sset.name)
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         if arrays:
             echo("--- sbatch script of the first array ---")

@@ -6,7 +6,10 @@ when the committed file is stale.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from launch.spec import Spec
+from launch.spec_set import SpecSet, as_set
 from launch.tasks import Run
 
 HEADER = """# Task mapping
@@ -26,10 +29,20 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def render(specs: list[tuple[Spec, list[Run]]], args: str) -> str:
+def render(loaded: list[tuple[Spec | SpecSet, list[Run]]], args: str) -> str:
+    """Composite specs first (a short section each: the command that launches all of it, its parts),
+    then every plain spec once, whether named itself or as a part."""
     lines = [HEADER.format(args=args)]
+    sets = [(as_set(s), runs) for s, runs in loaded]
+    specs: dict[Path, tuple[Spec, list[Run]]] = {}  # resolved file -> (spec, its runs)
+    for sset, runs in sets:
+        for part in sset.parts:
+            specs.setdefault(Path(part.file).resolve(), (part, [r for r in runs if r.spec == part.name]))
+    for sset, runs in sets:
+        if sset.composite:
+            lines += _composite_section(sset, runs)
     grand = 0
-    for spec, runs in specs:
+    for spec, runs in specs.values():
         groups: dict[str, list[Run]] = {}
         for r in runs:
             groups.setdefault(r.group, []).append(r)
@@ -58,5 +71,26 @@ def render(specs: list[tuple[Spec, list[Run]]], args: str) -> str:
                              f" | {', '.join(str(r.seed) for r in truns)} | `{d}/` |")
             lines.append("")
         grand += len(runs)
-    lines.append(f"**Total: {grand} runs in {len(specs)} specs.**\n")
+    n_composite = sum(s.composite for s, _ in sets)
+    also = f", and {n_composite} composite spec{'s' * (n_composite > 1)}" if n_composite else ""
+    lines.append(f"**Total: {grand} runs in {len(specs)} specs{also}.**\n")
     return "\n".join(lines)
+
+
+def _composite_section(sset: SpecSet, runs: list[Run]) -> list[str]:
+    parts = sset.by_part(runs)
+    lines = [f"## {sset.name} (`{sset.file}`): {len(sset.parts)} specs as one\n"]
+    if sset.description:
+        lines.append(" ".join(sset.description.split()) + "\n")
+    lines.append("```bash")
+    lines.append(f"sweep launch {sset.file} --cluster slurm")
+    lines.append("```\n")
+    lines.append(f"experiment `{sset.experiment_name}`, tree `{sset.root}`; its parts (tables below) "
+                 f"keep their own run directories, task numbers and run keys:\n")
+    lines.append("| part | spec | runs |")
+    lines.append("|---|---|---|")
+    for part in sset.parts:
+        lines.append(f"| {part.name} | `{part.file}` | {len(parts.get(part.name, []))} |")
+    lines.append(f"| **total** | | **{len(runs)}** |")
+    lines.append("")
+    return lines

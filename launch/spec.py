@@ -93,14 +93,19 @@ class Spec:
 
 def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
     """Read and validate a spec file. ``root`` overrides the spec's tree root."""
+    return parse_spec(read_spec_file(path), file=str(path), default_name=Path(path).stem, root=root)
+
+
+def read_spec_file(path: str | Path) -> Any:
+    """The YAML of a spec file, unvalidated; a missing file names the specs that do exist."""
     p = Path(path)
     f = str(path)
     if not p.exists():
-        raise UserError(f"{f}: spec file not found")
+        raise UserError(f"{f}: spec file not found{_existing_specs_hint(p)}")
     if p.is_dir():
         raise UserError(f"{f}: is a directory, not a spec file")
     try:
-        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        return yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -108,13 +113,30 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> Spec:
         raise SpecError(f, "", f"malformed YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f, "", "not a text file") from None
-    return parse_spec(raw, file=f, default_name=p.stem, root=root)
+
+
+def _existing_specs_hint(p: Path) -> str:
+    """`` (did you mean sweeps/a.yaml?); specs under sweeps/: a.yaml, b.yaml`` (the missing file's folder,
+    else ./sweeps)."""
+    import difflib
+
+    for folder in (p.parent, Path("sweeps")):
+        names = sorted(q.name for q in folder.glob("*.y*ml") if q.suffix in (".yaml", ".yml")) \
+            if folder.is_dir() else []
+        if names:
+            close = difflib.get_close_matches(p.name, names, n=1)
+            shown = folder.as_posix().rstrip("/") + "/"
+            guess = f" (did you mean {shown}{close[0]}?)" if close else ""
+            return f"{guess}; specs under {shown}: {', '.join(names)}"
+    return ""
 
 
 def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
                root: str | Path | None = None) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(file, "", f"the spec must be a mapping of keys, got {_tname(raw)}")
+    if "include" in raw:  # read by launch.spec_set, which the harness commands use
+        raise SpecError(file, "include", "a composite spec (include:) is not taken here; name its parts")
     unknown = sorted(set(map(str, raw)) - TOP_KEYS)
     if unknown:
         raise SpecError(file, unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")

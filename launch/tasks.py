@@ -115,10 +115,11 @@ def _source(problem: str, spec: Spec) -> str:
 
 
 def parse_only(expr: str | None, runs: list[Run], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``'n_layers=1,use_mlp=false'`` -> ``{'n_layers': 1, 'use_mlp': False}`` (values read as YAML)."""
+    """``'n_layers=1,use_mlp=false'`` -> ``{'n_layers': 1, 'use_mlp': False}`` (values read as YAML;
+    also ``group=``, ``task=``, ``seed=``, and ``spec=`` for a part of a composite spec)."""
     if not expr:
         return {}
-    known = set(runs[0].config) | {"group", "task", "seed"} if runs else set()
+    known = set(runs[0].config) | {"group", "task", "seed", "spec"} if runs else set()
     out: dict[str, Any] = {}
     for part in expr.split(","):
         if "=" not in part:
@@ -135,7 +136,7 @@ def parse_only(expr: str | None, runs: list[Run], defaults: dict[str, Any] | Non
 
 def select(runs: list[Run], only: dict[str, Any]) -> list[Run]:
     def match(r: Run) -> bool:
-        fields = {**r.config, "group": r.group, "task": r.task, "seed": r.seed}
+        fields = {**r.config, "group": r.group, "task": r.task, "seed": r.seed, "spec": r.spec}
         return all(fields.get(k) == v for k, v in only.items())
 
     return [r for r in runs if match(r)] if only else list(runs)

@@ -167,14 +167,14 @@ def _shown(path: Path) -> str:
 
 
 def _spec_run_dirs(spec_file: Path, root: str | None) -> list[Path]:
-    """The existing run directories of a spec (a spec names its tree; verify walks its runs)."""
-    from launch.spec import load_spec
+    """The existing run directories of a spec (a spec names its tree; verify walks its runs), all its
+    parts' for a composite spec."""
+    from launch.spec_set import expand_set, load_spec_set
     from launch.store import Store
-    from launch.tasks import expand
 
-    spec = load_spec(spec_file, root=root)
-    store = Store(spec.root)
-    return [d for d in (store.run_dir(r) for r in expand(spec)) if d.is_dir()]
+    sset = load_spec_set(spec_file, root=root)
+    store = Store(sset.root)
+    return [d for d in (store.run_dir(r) for r in expand_set(sset)) if d.is_dir()]
 
 
 @click.command("verify")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from launch.mapping import render
-from launch.spec import load_spec
-from launch.tasks import expand
+from launch.spec_set import expand_set, load_spec_set
 from tests.helpers import sweep
 
 REPO = Path(__file__).resolve().parent.parent
@@ -16,8 +15,8 @@ ARGS = "sweeps/*.yaml"
 def current_mapping() -> str:
     specs = []
     for p in sorted((REPO / "sweeps").glob("*.yaml")):
-        spec = load_spec(p.relative_to(REPO))
-        specs.append((spec, expand(spec)))
+        sset = load_spec_set(p.relative_to(REPO))
+        specs.append((sset, expand_set(sset)))
     return render(specs, ARGS)
 
 
@@ -44,3 +43,12 @@ def test_the_documented_command_reproduces_the_file():
     p = sweep("mapping", *specs, "--check", cwd=REPO, check=False)
     assert p.returncode == 0, p.stderr
     assert "is up to date" in p.stdout
+
+
+def test_composite_leads_and_is_not_duplicated():
+    text = (REPO / "TASK_MAPPING.md").read_text()
+    first = text.index("## ")
+    assert text[first:].startswith("## len_gen (`sweeps/len_gen.yaml`)")
+    assert "sweep launch sweeps/len_gen.yaml --cluster slurm" in text[first:first + 400]
+    assert "| **total** | | **504** |" in text
+    assert text.count("## len_gen_dynamic_ln ") == 1  # its tables once, under the part's own section
