@@ -350,6 +350,12 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
         click.echo(f"skipped {len(dirs)} runs ({reason}): {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}",
                    err=True)
     click.echo(f"wrote {output}: {report.rows} rows from {report.runs} of {len(runs)} runs")
+    for rel, why in report.foreign.items():
+        click.echo(f"error: {rel}: not merged: {why}", err=True)
+    if report.foreign:
+        click.echo(f"{len(report.foreign)} run directories hold another run than the spec names there; "
+                   "their rows are not in the table", err=True)
+        sys.exit(1)
 
 
 @cli.command()

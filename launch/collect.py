@@ -3,6 +3,12 @@
 One row per metrics record (run × step × split × eval length). Reads
 ``run.json``, ``state.json`` and ``metrics.jsonl``, never model weights.
 
+Attribution is by identity: a run directory's rows are labelled with a run of
+the spec only when the run key in its ``run.json`` (and in the spec's manifest)
+is that run's key. A directory holding another run (the spec was edited after
+launch, or another spec launched into it) is reported in ``foreign`` and never
+merged; ``sweep collect`` then exits 1 after writing the rest.
+
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
             git_commit, host, started_at, ended_at, wall_s, state
@@ -38,6 +44,18 @@ class CollectReport:
     rows: int = 0
     runs: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run dirs
+    # run dir -> why its files are not the run the spec names there (never merged)
+    foreign: dict[str, str] = field(default_factory=dict)
+
+
+def _not_own(store: Store, r: Run, manifest: dict[str, Any]) -> str | None:
+    """Why the files in ``r``'s directory may not be labelled as ``r`` (see Store.identity_problem);
+    a directory with metrics but no run.json cannot be attributed either."""
+    d = store.run_dir(r)
+    info = read_json(d / st.RUN_FILE)
+    if info is None and (d / METRICS_FILE).exists():
+        return f"no {st.RUN_FILE}: cannot tell which run wrote {METRICS_FILE}"
+    return store.identity_problem(r, manifest, info)
 
 
 def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool = False) -> CollectReport:
@@ -48,11 +66,16 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
     config_cols: list[str] = []
     seen_cfg: set[str] = set()
     records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     for r in runs:
         d = store.run_dir(r)
         state = read_json(d / st.STATE_FILE)
         if not state:
             report.skipped.setdefault("not started", []).append(r.rel_dir)
+            continue
+        foreign = _not_own(store, r, manifests[r.spec])
+        if foreign:
+            report.foreign[r.rel_dir] = foreign
             continue
         if state.get("_corrupt"):
             report.skipped.setdefault("corrupt state.json", []).append(r.rel_dir)

@@ -188,9 +188,15 @@ def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] |
     keeps the books (state, log.txt); the other ranks just run the experiment
     alongside it."""
     if infos and global_rank() == 0:
+        owned = []
         for rel in rel_dirs:
-            if rel in infos:
-                Store(root).write_run_info(rel, infos[rel])
+            if rel not in infos or Store(root).write_run_info(rel, infos[rel]):
+                owned.append(rel)
+            else:  # e.g. a second spec that lost a launch race: leave the other run's files alone
+                print(f"sweep: {Path(root) / rel} already holds another run than {infos[rel].get('run_key')}; "
+                      "not running it there", file=sys.stderr)
+        if len(owned) < len(rel_dirs):
+            return _as_list(run_unit(root, owned, None), owned, rel_dirs)
     elif infos:  # other ranks wait for rank 0 to write the run files
         deadline = time.time() + 120
         while time.time() < deadline and not all((Path(root) / r / st.RUN_FILE).exists() for r in rel_dirs):
@@ -210,6 +216,12 @@ def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] |
             if len(keys) == 1 and None not in keys:
                 return run_pack(Path(root), rel_dirs)
     return [run_one(Path(root), rel) for rel in rel_dirs]
+
+
+def _as_list(results: list[bool], owned: list[str], rel_dirs: list[str]) -> list[bool]:
+    """``results`` (one per run of ``owned``) spread over ``rel_dirs`` (False for the others)."""
+    by_rel = dict(zip(owned, results))
+    return [by_rel.get(rel, False) for rel in rel_dirs]
 
 
 class RunUnit(submitit.helpers.Checkpointable):

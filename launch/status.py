@@ -134,11 +134,19 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     if not query and slurm_ids:
         warning = "scheduler not queried; states are from disk alone"
     local_alive: dict[str, bool | None] = {}
+    manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     out = []
     for r in runs:
         d = disk[r.rel_dir] or {}
         s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"))
         dstate = d.get("state")
+        # run.json exists only once the run started, and then so does state.json
+        info = read_json(store.run_dir(r) / st.RUN_FILE) if disk[r.rel_dir] else None
+        foreign = store.identity_problem(r, manifests[r.spec], info)
+        if foreign:  # another run's files: none of them is this run's state
+            s.state, s.reason = FAILED, foreign
+            out.append(s)
+            continue
         if d.get("_corrupt"):
             s.state, s.reason = FAILED, "state.json is corrupt"
         elif dstate == st.COMPLETED:

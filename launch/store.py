@@ -162,15 +162,49 @@ class Store:
         """What run.json holds: identity, resolved config, and how the job should treat it."""
         return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues}
 
-    def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> None:
+    def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> bool:
         """Create the run directory with its run.json. Done by the job when it first
         starts (the launcher hands it the info), so a launch of 10,000 runs writes
-        10,000 fewer files; the manifest already records every config."""
+        10,000 fewer files; the manifest already records every config.
+
+        False (and nothing written) when the directory already holds another run
+        (a different run key): a job never takes over a directory it does not own."""
         d = self.run_dir(rel_dir)
-        if read_json(d / RUN_FILE) == info:
-            return
+        old = read_json(d / RUN_FILE)
+        if old == info:
+            return True
+        if old and not old.get("_corrupt") and old.get("run_key") != info.get("run_key"):
+            return False
         os.makedirs(d, exist_ok=True)
         write_json(d / RUN_FILE, info)
+        return True
+
+    def manifest_runs(self, spec: str) -> dict[str, Any]:
+        """The spec's manifest entries (run dir -> {run_key, ...}); {} when there is
+        none or it is not the shape the launcher writes."""
+        runs = (self.read_manifest(spec) or {}).get("runs")
+        return runs if isinstance(runs, dict) else {}
+
+    def identity_problem(self, run: Run, manifest: dict[str, Any], info: dict[str, Any] | None) -> str | None:
+        """Why the files in ``run``'s directory are not ``run``'s own, or None when they are.
+
+        ``manifest``: the spec's manifest entries; ``info``: the directory's run.json
+        (None when absent). Files are attributed to a run only when the run key that
+        the directory and the manifest record is the run key of ``run``."""
+        entry = manifest.get(run.rel_dir)
+        if entry is not None:
+            recorded = entry.get("run_key") if isinstance(entry, dict) else None
+            if recorded != run.run_key:
+                return (f"wrong run: the manifest records run {recorded} in {run.rel_dir}, not {run.run_key} "
+                        "(spec changed after launch?)")
+        if info is None:
+            return None
+        if info.get("_corrupt") or not isinstance(info.get("run_key"), str):
+            return f"{RUN_FILE} is corrupt (cannot tell which run wrote this directory)"
+        if info["run_key"] != run.run_key:
+            return (f"wrong run: {RUN_FILE} records run {info['run_key']} of spec {info.get('spec')!r}, "
+                    f"not {run.run_key}")
+        return None
 
     def state(self, run: Run | str) -> dict[str, Any]:
         return read_json(self.run_dir(run) / STATE_FILE) or {}
