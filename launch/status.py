@@ -182,6 +182,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 # scheduler not asked, unreachable, or not knowing the job yet (sacct lags
                 # sbatch by a few seconds): what the run last wrote
                 s.state = _FROM_DISK[dstate]
+        if s.reason is None and d.get("corrupt_resume_states"):
+            s.reason = _recovered(d["corrupt_resume_states"])
         if details:
             prog = read_json(store.run_dir(r) / PROGRESS_FILE) or {}
             s.step = prog.get("step")
@@ -190,6 +192,12 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             s.updated_at = max(filter(None, [s.updated_at, prog.get("time")]), default=None)
         out.append(s)
     return out, warning
+
+
+def _recovered(names: object) -> str:
+    """The status reason of a run that resumed past resume states failing verification."""
+    shown = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
+    return f"resumed from an older state: {shown} failed verification (moved to <name>.corrupt)"
 
 
 def _died_here(d: dict[str, Any]) -> bool:

@@ -312,6 +312,27 @@ def sort_checkpoint_of_another_model(tmp: Path) -> list[str]:
     return ["sort", "model.pt", "3", "1"]
 
 
+@case("refusing checkpoint model.pt: its sha256 is")
+def sort_checkpoint_changed_after_save(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    weights = torch.arange(8, dtype=torch.float32)
+    save_checkpoint({"model": {"w": weights}}, tmp / "model.pt")
+    data = (tmp / "model.pt").read_bytes()
+    at = data.index(weights.numpy().tobytes())  # one bit of a weight: same size, still unpickles
+    (tmp / "model.pt").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    return ["sort", "model.pt", "3", "1"]
+
+
+@case("refusing checkpoint model.pt: it is 100 bytes, its sidecar records")
+def sort_checkpoint_truncated_after_save(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / "model.pt")
+    (tmp / "model.pt").write_bytes((tmp / "model.pt").read_bytes()[:100])
+    return ["sort", "model.pt", "3", "1"]
+
+
 # -- `sweep verify`: a bad argument is exit 2; bad files are exit 1 with the report ----------
 
 @case("Path 'gone' does not exist")
@@ -345,6 +366,36 @@ def verify_checkpoint_changed_after_save(tmp: Path) -> list[str]:
     save_checkpoint({"model": {"w": torch.zeros(8)}}, path)
     torch.save({"model": {"w": torch.ones(8)}}, path)  # same size, other bytes: only the hash tells
     return ["verify", "model.pt"]
+
+
+@case("its sidecar describes 'other.pt', not this file", code=1)
+def verify_sidecar_of_another_file(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / "other.pt")
+    (tmp / "model.pt").write_bytes((tmp / "other.pt").read_bytes())  # copied with the sidecar, renamed
+    (tmp / "model.pt.json").write_text((tmp / "other.pt.json").read_text())
+    (tmp / "other.pt").unlink()
+    (tmp / "other.pt.json").unlink()
+    return ["verify", "model.pt"]
+
+
+@case("its sidecar records run 0123456789ab, this directory holds run abc", code=1)
+def verify_checkpoint_of_another_run(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    name = run_dir(tmp, experiment="noop")
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / name / "model.pt", sidecar={"run_key": "0123456789ab"})
+    return ["verify", name]
+
+
+@case("its sidecar records another config than this run's: steps 5 (run: 1)", code=1)
+def verify_checkpoint_of_another_config(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    name = run_dir(tmp, experiment="noop")
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / name / "model.pt", sidecar={"config": {"steps": 5}})
+    return ["verify", name]
 
 
 # -- results files to `sweep plot` / `sweep summary` --------------------------------------------

@@ -73,3 +73,77 @@ def test_a_job_never_takes_over_a_directory_of_another_run(tmp_path: Path) -> No
     assert run_unit(root, [rel], {rel: intruder}) == [False]
     assert {p.name: p.read_bytes() for p in (root / rel).iterdir()} == before
     assert Store(root).state(rel)["state"] == "completed"
+
+
+# -- 2. verified loads -----------------------------------------------------------------------------
+
+
+def _flip_a_weight_byte(path: Path) -> None:
+    """One exponent bit of a model weight: the file still unpickles, only the hash can tell."""
+    import torch
+
+    weights = torch.load(path, weights_only=True)["model"]
+    name = max(weights, key=lambda k: weights[k].numel())
+    data = bytearray(path.read_bytes())
+    at = data.find(weights[name].contiguous().numpy().tobytes())
+    assert at >= 0
+    data[at + 4 * (weights[name].numel() // 2) + 3] ^= 0x01  # little-endian float32: byte 3 is sign/exponent
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_the_newest_resume_state_is_not_resumed_from(tmp_path: Path) -> None:
+    import torch
+
+    from launch import status as stt
+    from launch.checkpoint import load_checkpoint
+    from launch.runner import run_one
+    from launch.tasks import Run
+    from sortgpt.naming import checkpoint_name
+    from sortgpt.train import train
+    from tests.sortgpt.conftest import tiny_config
+
+    torch.set_num_threads(1)
+    cfg = tiny_config()
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train(cfg, _ctx(straight))
+
+    root, rel = tmp_path / "tree", "run"
+    run_dir = root / rel
+    run_dir.mkdir(parents=True)
+    info = {"spec": "s", "experiment": "sortgpt", "group": "g", "task": 0, "seed": cfg["seed"], "rel_dir": rel,
+            "run_key": "0123456789ab", "params": {}, "config": cfg}
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+    def stop_at_25(step: int) -> None:
+        if step == 25:
+            raise KeyboardInterrupt  # as a kill would: the run never says completed
+
+    try:
+        train(cfg, _ctx(run_dir), on_step=stop_at_25)
+    except KeyboardInterrupt:
+        pass
+    newest = run_dir / "resume_00000020.pt"
+    _flip_a_weight_byte(newest)
+    load_checkpoint(newest, verify=False)  # still loads: without the sidecar check it would be resumed from
+    (run_dir / "state.json").write_text(json.dumps({"state": "running", "attempts": 1}))
+
+    assert run_one(root, rel)  # the requeued attempt
+    final = checkpoint_name("Final", cfg, cfg["max_iters"])
+    a, b = load_checkpoint(straight / final)["model"], load_checkpoint(run_dir / final)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed from the damaged state"
+    assert (run_dir / "resume_00000020.pt.corrupt").exists()
+    log = (run_dir / "log.txt").read_text()
+    assert "skipping resume state resume_00000020.pt" in log and "sha256" in log
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["state"] == "completed" and state["corrupt_resume_states"] == ["resume_00000020.pt"]
+    run = Run(spec="s", experiment="sortgpt", group="g", task=0, seed=cfg["seed"], rel_dir=rel,
+              run_key="0123456789ab", config=cfg, params={})
+    [status], _ = stt.run_statuses(Store(root), [run], query=False)
+    assert status.state == "completed" and "resume_00000020.pt failed verification" in status.reason
+
+
+def _ctx(run_dir: Path):
+    from launch.experiment import RunContext
+
+    return RunContext(run_dir=run_dir)
