@@ -97,7 +97,8 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     t0 = time.time()
     store.update_state(rel_dir, state=st.RUNNING, job_id=current_job_id(), host=socket.gethostname(),
                        pid=os.getpid(), started_at=state.get("started_at") or t0, attempt_started_at=t0,
-                       attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit())
+                       attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit(),
+                       run_key=info.get("run_key"))  # the identity, so status need not read run.json
     return info, state, t0
 
 

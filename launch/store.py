@@ -202,8 +202,8 @@ class Store:
         if info.get("_corrupt") or not isinstance(info.get("run_key"), str):
             return f"{RUN_FILE} is corrupt (cannot tell which run wrote this directory)"
         if info["run_key"] != run.run_key:
-            return (f"wrong run: {RUN_FILE} records run {info['run_key']} of spec {info.get('spec')!r}, "
-                    f"not {run.run_key}")
+            spec = f" of spec {info['spec']!r}" if info.get("spec") else ""
+            return f"wrong run: this directory holds run {info['run_key']}{spec}, not {run.run_key}"
         return None
 
     def state(self, run: Run | str) -> dict[str, Any]:

@@ -59,9 +59,9 @@ def test_a_directory_of_another_spec_is_not_attributed_by_run_json(tmp_path: Pat
     other = tmp_path / "other.yaml"  # another spec (own manifest) with the same template
     other.write_text(SPEC.replace("steps: 3", "steps: 4"))
     p = sweep("collect", other, "--root", root, "-o", tmp_path / "o.parquet", check=False)
-    assert p.returncode == 1 and p.stderr.count("run.json records run") == 2, p.stderr
+    assert p.returncode == 1 and p.stderr.count("this directory holds run") == 2, p.stderr
     rows = status_json(other, root)["runs"]
-    assert all(r["state"] == "failed" and "run.json records run" in r["reason"] for r in rows), rows
+    assert all(r["state"] == "failed" and "this directory holds run" in r["reason"] for r in rows), rows
 
 
 def test_a_job_never_takes_over_a_directory_of_another_run(tmp_path: Path) -> None:
