@@ -9,6 +9,7 @@ families (``sweep.commands`` entry points) are loaded only when called, so
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,6 +23,16 @@ import click
 from launch.errors import UserError
 
 CLUSTERS = ["slurm", "local"]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (a range check lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 # harness commands that import torch live in their own modules, loaded on use
@@ -100,7 +111,7 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @click.option("--time", "time_min", type=click.IntRange(min=1), default=None, help="Minutes per job.")
 @click.option("--gpus", type=click.IntRange(min=0), default=None)
 @click.option("--cpus", type=click.IntRange(min=1), default=None)
-@click.option("--mem", "mem_gb", type=click.FloatRange(min=0, min_open=True), default=None, help="GB per job.")
+@click.option("--mem", "mem_gb", type=FiniteFloatRange(min=0, min_open=True), default=None, help="GB per job.")
 @click.option("--account", default=None)
 @click.option("--qos", default=None)
 @click.option("--constraint", default=None)
@@ -237,8 +248,8 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 @click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
 @root_option
 @only_option
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Give up after S seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=FiniteFloatRange(min=0), default=None, help="Give up after S seconds.")
+@click.option("--interval", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True)
 def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeout_s: float | None,
          interval: float) -> None:
     """Block until no run of SPEC is pending or running; exit 1 if any failed."""

@@ -107,7 +107,7 @@ def launch(spec: Spec, runs: list[Run], cluster: str, *, retry_failed: bool = Fa
         old_manifest = store.read_manifest(spec.name)
         store.write_manifest(spec.name, os.path.abspath(spec.file), runs, old_manifest)
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
-        infos = {r.rel_dir: store.run_info(r, spec.wandb, spec.max_requeues) for r in p.to_submit}
+        infos = {r.rel_dir: store.run_info(r, spec.wandb, spec.max_requeues, spec.fail_on_nonfinite_loss) for r in p.to_submit}
         for r in p.to_submit:
             if previous[r.rel_dir]:  # a retry: reset what the last attempt left
                 store.update_state(r, base=previous[r.rel_dir], state=st.SUBMITTED, cluster=cluster,

@@ -113,6 +113,7 @@ def _finish(store: Store, rel_dir: str, state: dict[str, Any], t0: float, error:
 def _context(store: Store, rel_dir: str, info: dict[str, Any]) -> RunContext:
     return RunContext(run_dir=store.run_dir(rel_dir), run_key=info["run_key"], group=info["group"],
                       name=rel_dir, wandb=info.get("wandb"),
+                      fail_on_nonfinite_loss=info.get("fail_on_nonfinite_loss") is not False,
                       wandb_config=info["config"] | {"task": info.get("task"), "seed": info.get("seed"),
                                                      "spec": info.get("spec")})
 

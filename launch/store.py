@@ -158,9 +158,11 @@ class Store:
                                     f"not {r.run_key}: two specs map to one directory")
 
     @staticmethod
-    def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> dict[str, Any]:
+    def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int,
+                 fail_on_nonfinite_loss: bool = True) -> dict[str, Any]:
         """What run.json holds: identity, resolved config, and how the job should treat it."""
-        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues}
+        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
+                "fail_on_nonfinite_loss": fail_on_nonfinite_loss}
 
     def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> bool:
         """Create the run directory with its run.json. Done by the job when it first

@@ -168,6 +168,59 @@ def launch_unknown_resource(tmp: Path) -> list[str]:
             "--cluster", "local"]
 
 
+@case("spec.yaml: fixed.max_lr: must be a finite number, got inf")
+def launch_infinite_learning_rate(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "max_iters: 20", "max_iters: 20, max_lr: .inf"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("spec.yaml: axes[0].values[1]: must be a finite number, got nan")
+def launch_nan_axis_value(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 'y{y}/seed{seed}'\naxes:\n  - {y: [0.5, .nan]}\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: fixed.lengths[1]: must be a finite number, got -inf")
+def launch_infinite_list_element(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 's{seed}'\nfixed: {lengths: [1, -.inf]}\naxes: []\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: fixed.lengths[1]: elements of lengths must be an integer, got a string 'two'")
+def launch_list_element_of_the_wrong_type(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 's{seed}'\nfixed: {lengths: [1, two]}\naxes: []\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: resources.mem_gb: must be a finite number, got nan")
+def launch_nan_memory_in_the_spec(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\nresources: {mem_gb: .nan}"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("Invalid value for '--mem': 'nan' is not a finite number")
+def launch_nan_memory_flag(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp), "--cluster", "slurm", "--root", "tree", "--mem", "nan", "--dry-run"]
+
+
+@case("Invalid value for '--lr': 'inf' is not a finite number")
+def resume_infinite_lr(tmp: Path) -> list[str]:
+    return ["resume", run_dir(tmp), "--steps", "10", "--lr", "inf"]
+
+
+@case("spec.yaml: gates.gate3_acc: must be a number, got a string 'high'")
+def launch_gate_threshold_not_a_number(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\ngates: {gate3_acc: high}"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("spec.yaml: axes: the grid has 1,000,000,000 runs (1000 × 1000 × 1000 × 1 seeds), more than max_runs=1,000,000")
+def launch_grid_too_large(tmp: Path) -> list[str]:
+    axes = "".join(f"  - {{{name}: [{', '.join(map(str, range(1000)))}]}}\n" for name in ("x", "steps", "fail_at_step"))
+    return ["launch", spec(tmp, f"experiment: noop\npath: '{{x}}/{{steps}}/{{fail_at_step}}/s{{seed}}'\naxes:\n{axes}"),
+            "--cluster", "local", "--root", "tree", "--dry-run"]
+
+
 @case("pack: must be a positive integer or 'auto', got 0")
 def launch_pack_zero(tmp: Path) -> list[str]:
     return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\npack: 0\n"), "--cluster", "local"]

@@ -147,3 +147,77 @@ def _ctx(run_dir: Path):
     from launch.experiment import RunContext
 
     return RunContext(run_dir=run_dir)
+
+
+# -- 4. non-finite values --------------------------------------------------------------------------
+
+
+class NanLossExperiment:
+    """Logs a training loss that becomes NaN at step 3 (as a diverging run does)."""
+
+    name = "nan_loss"
+
+    def defaults(self) -> dict:
+        return {"seed": 0}
+
+    def check(self, config: dict) -> list[str]:
+        return []
+
+    def run(self, config: dict, ctx) -> None:
+        for step in range(1, 6):
+            ctx.log(step, {"loss": float("nan") if step >= 3 else 1.0 / step}, split="train")
+            ctx.log(step, {"loss": float("nan")}, split="val")  # only the training loss stops a run
+
+
+NAN_LOSS = NanLossExperiment()
+
+
+def _nan_run(root: Path, policy: bool | None) -> str:
+    rel = "nan/seed0"
+    (root / rel).mkdir(parents=True)
+    info = {"spec": "s", "experiment": "tests.test_integrity:NAN_LOSS", "group": "g", "task": 0, "seed": 0,
+            "rel_dir": rel, "run_key": "0123456789ab", "params": {}, "config": {"seed": 0}}
+    if policy is not None:
+        info["fail_on_nonfinite_loss"] = policy
+    (root / rel / "run.json").write_text(json.dumps(info))
+    return rel
+
+
+def test_a_training_loss_that_becomes_nan_fails_the_run_with_its_step(tmp_path: Path) -> None:
+    from launch import status as stt
+    from launch.runner import run_one
+    from launch.tasks import Run
+
+    rel = _nan_run(tmp_path, None)  # default: on
+    assert run_one(tmp_path, rel) is False
+    state = json.loads((tmp_path / rel / "state.json").read_text())
+    assert state["state"] == "failed"
+    run = Run(spec="s", experiment="x", group="g", task=0, seed=0, rel_dir=rel, run_key="0123456789ab",
+              config={"seed": 0}, params={})
+    [status], _ = stt.run_statuses(Store(tmp_path), [run], query=False)
+    assert status.state == "failed" and "training loss of nan/seed0 is nan at step 3" in status.reason
+    steps = [json.loads(line)["step"] for line in (tmp_path / rel / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3  # stopped there
+
+    other = tmp_path / "off"
+    rel = _nan_run(other, False)  # the policy key turned off: the run goes on (and says completed)
+    assert run_one(other, rel) is True
+
+
+def test_the_grid_size_is_refused_from_axis_lengths_alone() -> None:
+    import time
+
+    import pytest
+
+    from launch.errors import SpecError
+    from launch.spec import parse_spec
+
+    axes = [{name: list(range(1000))} for name in ("x", "steps", "fail_at_step")]
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="1,000,000,000 runs"):
+        parse_spec({"experiment": "noop", "path": "{x}/{steps}/{fail_at_step}/{seed}", "axes": axes})
+    assert time.perf_counter() - t0 < 1.0
+    small = {"experiment": "noop", "path": "{x}/{seed}", "axes": [{"x": [1, 2, 3]}], "seeds": [1, 2]}
+    with pytest.raises(SpecError, match="6 runs .* more than max_runs=5"):
+        parse_spec({**small, "max_runs": 5})
+    assert parse_spec({**small, "max_runs": 6}).seeds == [1, 2]
