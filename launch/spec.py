@@ -341,10 +341,18 @@ def _check_finite(value: Any, file: str, key: str) -> None:
 def _check_template(t: str, names: set[str], file: str, key: str) -> list[str]:
     """The names the template reads, each one of ``names``."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
     except ValueError as e:
         raise SpecError(file, key, f"bad template {t!r}: {e}") from None
-    bases = [fname.split(".")[0].split("[")[0] for fname in fields]
+    for fname, fmt, conv in parsed:
+        # a format string can reach any attribute of a value ({x.__class__}) or index it ({x[0]}):
+        # only plain names, with a format spec, are allowed
+        if "." in fname or "[" in fname or conv is not None or "{" in (fmt or ""):
+            shown = fname + (f"!{conv}" if conv else "") + (f":{fmt}" if fmt else "")
+            raise SpecError(file, key, f"template field {{{shown}}} is not allowed: use a plain {{name}}, "
+                                       "optionally with a format spec like {task:04d}")
+    fields = [f for f, _, _ in parsed]
+    bases = list(fields)
     for base in bases:
         if not base:
             raise SpecError(file, key, f"template {t!r} has an empty field {{}}; name a parameter")

@@ -221,6 +221,41 @@ def launch_grid_too_large(tmp: Path) -> list[str]:
             "--cluster", "local", "--root", "tree", "--dry-run"]
 
 
+def noop_spec(tmp: Path, path: str, axis: str) -> str:
+    return spec(tmp, f"experiment: noop\npath: '{path}'\naxes:\n  - {axis}\n")
+
+
+@case("spec.yaml: path: template field {label.__class__} is not allowed: use a plain {name}")
+def launch_template_attribute_access(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label.__class__}/s{seed}", "{label: [a]}"), "--cluster", "local"]
+
+
+@case("spec.yaml: path: template field {lengths[0]} is not allowed")
+def launch_template_index_access(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{lengths[0]}/s{seed}", "{label: [a]}"), "--cluster", "local"]
+
+
+@case("path: template collides: group spec task 0 seed 0 and group spec task 1 seed 0 both map to 'x/a/b/s0' and "
+      "'x/a//b/s0' (one directory)")
+def launch_paths_equal_after_normalisation(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "x/{label}/s{seed}", "{label: [a/b, a//b]}"), "--cluster", "local"]
+
+
+@case("both map to 'x/./a/s0' and 'x/a/s0' (one directory)")
+def launch_paths_equal_after_dot_removal(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "x/{label}/s{seed}", "{label: [./a, a]}"), "--cluster", "local"]
+
+
+@case("both map to 'Run/s0' and 'run/s0' (one directory)")
+def launch_paths_equal_but_for_case(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label}/s{seed}", "{label: [Run, run]}"), "--cluster", "local"]
+
+
+@case("spec.yaml: axes[0]: group spec task 1 seed 0: label='a\\x00b' puts the unusable character '\\x00'")
+def launch_nul_in_a_path_value(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label}/s{seed}", '{label: [a, "a\\0b"]}'), "--cluster", "local"]
+
+
 @case("pack: must be a positive integer or 'auto', got 0")
 def launch_pack_zero(tmp: Path) -> list[str]:
     return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\npack: 0\n"), "--cluster", "local"]
