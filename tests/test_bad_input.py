@@ -421,6 +421,44 @@ def sort_checkpoint_truncated_after_save(tmp: Path) -> list[str]:
     return ["sort", "model.pt", "3", "1"]
 
 
+@case("unknown device 'tpu': use auto, cpu, cuda or cuda:N")
+def sort_on_an_unknown_device(tmp: Path) -> list[str]:
+    checkpoint(tmp)
+    return ["sort", "model.pt", "3", "1", "--device", "tpu"]
+
+
+@case("no GPU is visible")
+def sort_on_an_absent_gpu(tmp: Path) -> list[str]:
+    checkpoint(tmp)
+    return ["sort", "model.pt", "3", "1", "--device", "cuda:7"]
+
+
+def coconut_results(tmp: Path, corruption: str) -> list[str]:
+    """A results table of one coconut run and its corruption.json (as `sweep gates` reads them)."""
+    import pandas as pd
+
+    pd.DataFrame({"feedback_mode": ["continuous"], "split": ["val"], "step": [1], "run_dir": ["r"],
+                  "accuracy": [0.5], "loss": [1.0], "stage": [0]}).to_parquet(tmp / "r.parquet")
+    (tmp / "r").mkdir()
+    (tmp / "r" / "corruption.json").write_text(corruption)
+    return ["gates", "r.parquet", "--root", "."]
+
+
+@case("r/corruption.json: not a JSON file")
+def gates_malformed_corruption_json(tmp: Path) -> list[str]:
+    return coconut_results(tmp, '{"drop": 0.1')
+
+
+@case("r/corruption.json: drop: must be a finite number, got 'big'")
+def gates_corruption_drop_not_a_number(tmp: Path) -> list[str]:
+    return coconut_results(tmp, '{"drop": "big"}')
+
+
+@case("Invalid value for '--gate3-acc': 'nan' is not a finite number")
+def gates_nan_threshold_flag(tmp: Path) -> list[str]:
+    return [*coconut_results(tmp, '{"drop": 0.1}'), "--gate3-acc", "nan"]
+
+
 # -- `sweep verify`: a bad argument is exit 2; bad files are exit 1 with the report ----------
 
 @case("Path 'gone' does not exist")
