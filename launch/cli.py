@@ -147,14 +147,14 @@ def _warn_missing_roots(loaded: list[Any]) -> None:
 
 def _launched_specs(root: str | None) -> tuple[str, ...]:
     """The spec files launched into a tree (from its manifests), for `sweep status` without SPEC."""
-    from launch.store import Store
+    from launch.store import Store, read_json
 
     store = Store(Path(root or "checkpoints"))
     found = []
     for m in sorted((store.meta / "manifests").glob("*.json")):
-        info = json.loads(m.read_text())
-        if Path(info.get("spec_file", "")).exists():
-            found.append(info["spec_file"])
+        spec_file = (read_json(m) or {}).get("spec_file")
+        if isinstance(spec_file, str) and Path(spec_file).exists():  # a manifest of another shape: skipped
+            found.append(spec_file)
     if not found:
         raise UserError(f"no SPEC given and no launched spec found under {store.root}/.sweep/manifests")
     return tuple(found)
@@ -357,15 +357,20 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
         raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")
     runs = [r for _, rs in loaded for r in rs]
     report = do_collect(runs, Store(loaded[0][0].root), Path(output), include_incomplete=include_incomplete)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for reason, dirs in report.skipped.items():
         click.echo(f"skipped {len(dirs)} runs ({reason}): {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}",
                    err=True)
+    for rel, problem in report.problems.items():
+        click.echo(f"  {rel}: {problem}", err=True)
     click.echo(f"wrote {output}: {report.rows} rows from {report.runs} of {len(runs)} runs")
     for rel, why in report.foreign.items():
         click.echo(f"error: {rel}: not merged: {why}", err=True)
     if report.foreign:
         click.echo(f"{len(report.foreign)} run directories hold another run than the spec names there; "
                    "their rows are not in the table", err=True)
+    if report.foreign or report.corrupt:  # the table holds the rest; a script must not take it as whole
         sys.exit(1)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from launch import store as st
 from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
-from launch.store import Store, read_jobs, read_json
+from launch.store import Store, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
@@ -116,7 +116,7 @@ def query_slurm(job_ids: set[str]) -> tuple[dict[str, str], str | None]:
 
 def run_statuses(store: Store, runs: list[Run], query: bool = True,
                  details: bool = False) -> tuple[list[RunStatus], str | None]:
-    disk = {r.rel_dir: read_json(store.run_dir(r) / st.STATE_FILE) for r in runs}
+    disk = {r.rel_dir: read_state(store.run_dir(r) / st.STATE_FILE) for r in runs}
     jobs: dict[str, str] = {}
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
@@ -149,7 +149,7 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             out.append(s)
             continue
         if d.get("_corrupt"):
-            s.state, s.reason = FAILED, "state.json is corrupt"
+            s.state, s.reason = FAILED, "state.json is corrupt" + (f" ({d['_why']})" if d.get("_why") else "")
         elif dstate == st.COMPLETED:
             s.state = COMPLETED
         elif dstate == st.FAILED:
@@ -236,7 +236,7 @@ def _last_metric(store: Store, r: Run) -> str | None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict) or not isinstance(rec.get("split"), str):
             continue
         name, value = next(iter(rec["metrics"].items()), (None, None))
         if name is None:

@@ -64,6 +64,37 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"_corrupt": True}
 
 
+# the type of each state.json field (None is always allowed); a field of another type makes the
+# file corrupt: readers report it instead of failing on it
+_NUMBER = (int, float)
+STATE_FIELDS: dict[str, Any] = {
+    "state": str, "job_id": str, "attempts": int, "requeues": int, "host": str, "pid": int, "git_commit": str,
+    "started_at": _NUMBER, "attempt_started_at": _NUMBER, "ended_at": _NUMBER, "wall_s": _NUMBER,
+    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str,
+    "corrupt_resume_states": list,
+}
+
+
+def state_problem(state: dict[str, Any]) -> str | None:
+    """The first field of a state.json that has the wrong type, as ``field: problem``; None when fine."""
+    for name, kind in STATE_FIELDS.items():
+        value = state.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            want = "a number" if kind is _NUMBER else {str: "a string", int: "an integer", list: "a list"}[kind]
+            return f"{name}: must be {want}, got {type(value).__name__} {value!r}"[:160]
+    return None
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A state.json: None when missing; ``{"_corrupt": True, "_why": ...}`` when unreadable or when a
+    field has the wrong type."""
+    data = read_json(path)
+    if data is None or data.get("_corrupt"):
+        return data
+    problem = state_problem(data)
+    return {"_corrupt": True, "_why": problem} if problem else data
+
+
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -107,8 +138,10 @@ class Store:
         old = self.read_manifest(spec)
         if not old:
             return
-        if old.get("_corrupt"):
-            raise UserError(f"{self.manifest_path(spec)}: manifest is corrupt; move it away to relaunch")
+        problem = "not JSON" if old.get("_corrupt") else manifest_problem(old)
+        if problem:
+            raise UserError(f"{self.manifest_path(spec)}: {problem}: the manifest is corrupt; move it away to "
+                            "relaunch")
         by_dir = {r.rel_dir: r for r in runs}
         differ = []
         for rel, entry in old.get("runs", {}).items():
@@ -151,7 +184,8 @@ class Store:
         for path in sorted((self.meta / "manifests").glob("*.json")):
             if path.stem == spec:
                 continue
-            for rel, entry in ((read_json(path) or {}).get("runs") or {}).items():
+            entries = (read_json(path) or {}).get("runs")
+            for rel, entry in (entries if isinstance(entries, dict) else {}).items():
                 r = by_dir.get(rel)
                 if r is not None and isinstance(entry, dict) and entry.get("run_key") != r.run_key:
                     raise UserError(f"{self.run_dir(r)} is run {entry.get('run_key')} of spec {path.stem!r}, "
@@ -182,8 +216,9 @@ class Store:
         return True
 
     def manifest_runs(self, spec: str) -> dict[str, Any]:
-        """The spec's manifest entries (run dir -> {run_key, ...}); {} when there is
-        none or it is not the shape the launcher writes."""
+        """The spec's manifest entries (run dir -> {run_key, ...}); {} when there is none. An entry
+        of the wrong shape stays in (identity checks then report it); a ``runs`` that is not a
+        mapping counts as none."""
         runs = (self.read_manifest(spec) or {}).get("runs")
         return runs if isinstance(runs, dict) else {}
 
@@ -209,12 +244,12 @@ class Store:
         return None
 
     def state(self, run: Run | str) -> dict[str, Any]:
-        return read_json(self.run_dir(run) / STATE_FILE) or {}
+        return read_state(self.run_dir(run) / STATE_FILE) or {}
 
     def update_state(self, run: Run | str, base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the run's state (``base``: the state the caller just read)."""
         path = self.run_dir(run) / STATE_FILE
-        st = dict(base) if base is not None else (read_json(path) or {})
+        st = dict(base) if base is not None else (read_state(path) or {})
         if st.get("_corrupt"):
             st = {}
         st.update(fields, updated_at=time.time())
@@ -224,6 +259,17 @@ class Store:
             os.makedirs(path.parent, exist_ok=True)
             write_json(path, st)
         return st
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Where a manifest is not the shape the launcher writes (``runs.<dir>.run_key`` a string)."""
+    runs = manifest.get("runs", {})
+    if not isinstance(runs, dict):
+        return f"runs: must be a mapping of run directories, got {type(runs).__name__}"
+    for rel, entry in runs.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("run_key"), str):
+            return f"runs.{rel}: must be a mapping with a run_key string"
+    return None
 
 
 def human_size(size: int | None) -> str:
@@ -245,7 +291,9 @@ def jobs_path(store: Store, spec: str) -> Path:
 def read_jobs(store: Store, spec: str) -> dict[str, str]:
     """run dir -> job id of its latest submission (one file per spec, so status reads one file)."""
     data = read_json(jobs_path(store, spec))
-    return {} if not data or data.get("_corrupt") else data
+    if not data or data.get("_corrupt"):
+        return {}
+    return {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
 
 
 def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:

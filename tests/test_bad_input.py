@@ -256,6 +256,23 @@ def launch_nul_in_a_path_value(tmp: Path) -> list[str]:
     return ["launch", noop_spec(tmp, "{label}/s{seed}", '{label: [a, "a\\0b"]}'), "--cluster", "local"]
 
 
+def manifest(tmp: Path, content: str) -> None:
+    (tmp / "tree" / ".sweep" / "manifests").mkdir(parents=True)
+    (tmp / "tree" / ".sweep" / "manifests" / "spec.json").write_text(content)
+
+
+@case("tree/.sweep/manifests/spec.json: runs.x/s1: must be a mapping with a run_key string: the manifest is corrupt")
+def launch_manifest_entry_of_the_wrong_shape(tmp: Path) -> list[str]:
+    manifest(tmp, json.dumps({"runs": {"x/s1": ["abc"]}}))
+    return ["launch", noop_spec(tmp, "x/s{seed}", "{label: [a]}"), "--cluster", "local", "--root", "tree"]
+
+
+@case("tree/.sweep/manifests/spec.json: not JSON: the manifest is corrupt")
+def launch_manifest_not_json(tmp: Path) -> list[str]:
+    manifest(tmp, '{"runs": {"x/s1": ')
+    return ["launch", noop_spec(tmp, "x/s{seed}", "{label: [a]}"), "--cluster", "local", "--root", "tree"]
+
+
 @case("pack: must be a positive integer or 'auto', got 0")
 def launch_pack_zero(tmp: Path) -> list[str]:
     return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\npack: 0\n"), "--cluster", "local"]

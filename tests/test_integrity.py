@@ -221,3 +221,43 @@ def test_the_grid_size_is_refused_from_axis_lengths_alone() -> None:
     with pytest.raises(SpecError, match="6 runs .* more than max_runs=5"):
         parse_spec({**small, "max_runs": 5})
     assert parse_spec({**small, "max_runs": 6}).seeds == [1, 2]
+
+
+# -- 7. one line (or a per-run reason), never a traceback ----------------------------------------------
+
+
+def test_files_of_the_wrong_shape_give_reasons_not_tracebacks(tmp_path: Path) -> None:
+    """state.json fields of the wrong type, a metrics line without a split, a jobs file and a manifest
+    whose entries have the wrong shape: status and collect say which run and why, without a traceback."""
+    from launch.spec import load_spec
+    from launch.tasks import expand
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("x: [0, 1]", "x: [0, 1, 2]"))
+    root = tmp_path / "tree"
+    runs = expand(load_spec(spec, root=root))
+    for r in runs:
+        d = root / r.rel_dir
+        d.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps(r.to_json()))
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "metrics": {"loss": 0.5}}) + "\n")
+        (d / "state.json").write_text(json.dumps({"state": "completed"}))
+    bad_state, no_split, _ = (root / r.rel_dir for r in runs)
+    (bad_state / "state.json").write_text(json.dumps({"state": "completed", "requeues": "x", "updated_at": "soon"}))
+    (no_split / "metrics.jsonl").write_text(json.dumps({"step": 1, "metrics": {"loss": 0.5}}) + "\n")
+    (root / ".sweep" / "jobs").mkdir(parents=True)
+    (root / ".sweep" / "jobs" / "spec.json").write_text(json.dumps({runs[2].rel_dir: ["not", "an", "id"]}))
+    (root / ".sweep" / "manifests").mkdir(parents=True)
+    (root / ".sweep" / "manifests" / "spec.json").write_text(json.dumps({"runs": ["not", "a", "mapping"]}))
+
+    p = sweep("status", spec, "--root", root, "-v")
+    assert "Traceback" not in p.stderr + p.stdout
+    assert "reason: state.json is corrupt (requeues: must be an integer, got str 'x')" in p.stdout
+    rows = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
+    assert rows[runs[1].rel_dir]["state"] == rows[runs[2].rel_dir]["state"] == "completed"
+
+    p = sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"{runs[1].rel_dir}: metrics.jsonl: line 1: no split" in p.stderr
+    assert "skipped 1 runs (corrupt state.json)" in p.stderr
+    assert set(pd.read_parquet(tmp_path / "r.parquet")["run_dir"]) == {runs[2].rel_dir}
