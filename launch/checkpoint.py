@@ -566,6 +566,8 @@ def _record_in_state(run_dir: Path, name: str) -> None:
         return
     seen = state.get("corrupt_resume_states")
     names = [n for n in seen if isinstance(n, str)] if isinstance(seen, list) else []
+    if name in names:  # another rank of the same job set it aside already
+        return
     try:
         Store(run_dir.parent).update_state(run_dir.name, base=state, corrupt_resume_states=[*names, name])
     except OSError:

@@ -48,9 +48,16 @@ def write_json(path: Path | str, data: Any) -> None:
     path = os.fspath(path)
     head, name = os.path.split(path)
     tmp = os.path.join(head, f".{name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException as e:  # e.g. no space left on device: no temp file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: say which
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -261,3 +261,38 @@ def test_files_of_the_wrong_shape_give_reasons_not_tracebacks(tmp_path: Path) ->
     assert f"{runs[1].rel_dir}: metrics.jsonl: line 1: no split" in p.stderr
     assert "skipped 1 runs (corrupt state.json)" in p.stderr
     assert set(pd.read_parquet(tmp_path / "r.parquet")["run_dir"]) == {runs[2].rel_dir}
+
+
+# -- 8. disk full ------------------------------------------------------------------------------------
+
+
+def test_a_launch_on_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    """A real full file system (a 64 KiB tmpfs, filled): one line naming the file and the cause."""
+    import os
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    root = tmp_path / "tree"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        try:  # fill it up
+            with open(root / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC)
+        p = sweep("launch", spec, "--cluster", "local", "--root", root, check=False)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip() == f"error: {root}/.sweep/manifests/spec.json: No space left on device"
+        assert not [q for q in root.rglob("*") if ".tmp" in q.name]
+        assert not (root / ".sweep" / "manifests" / "spec.json").exists()
+    finally:
+        subprocess.run(["umount", str(root)])
