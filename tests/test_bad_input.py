@@ -429,6 +429,12 @@ def sort_checkpoint_changed_after_save(tmp: Path) -> list[str]:
     return ["sort", "model.pt", "3", "1"]
 
 
+@case("refusing checkpoint model.pt: its sha256 is")
+def answer_checkpoint_changed_after_save(tmp: Path) -> list[str]:
+    sort_checkpoint_changed_after_save(tmp)
+    return ["answer", "model.pt", "Is Tom a wumpus?"]
+
+
 @case("refusing checkpoint model.pt: it is 100 bytes, its sidecar records")
 def sort_checkpoint_truncated_after_save(tmp: Path) -> list[str]:
     from launch.checkpoint import save_checkpoint

@@ -4,9 +4,11 @@ bytes that were verified. Real files and real processes (local executor, real CL
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from launch.runner import run_unit
 from launch.store import Store
@@ -205,10 +207,6 @@ def test_a_training_loss_that_becomes_nan_fails_the_run_with_its_step(tmp_path: 
 
 
 def test_the_grid_size_is_refused_from_axis_lengths_alone() -> None:
-    import time
-
-    import pytest
-
     from launch.errors import SpecError
     from launch.spec import parse_spec
 
@@ -271,8 +269,6 @@ def test_a_launch_on_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path: 
     import os
     import subprocess
 
-    import pytest
-
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     root = tmp_path / "tree"
@@ -296,3 +292,62 @@ def test_a_launch_on_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path: 
         assert not (root / ".sweep" / "manifests" / "spec.json").exists()
     finally:
         subprocess.run(["umount", str(root)])
+
+
+SLURM_SPEC = """
+experiment: sortgpt
+group: "flip"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {vocab_n: 16, n_embd: 16, n_layers: 1, use_mlp: true, train_min_k: 2, train_max_k: 4, test_min_k: 5,
+        test_max_k: 6, max_iters: 2000, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
+        eval_every: 500, eval_samples: 20, checkpoint_iter: 1001, save_every: 100, keep_resume: 2, device: cpu}
+axes:
+  - {length_mode: [mix]}
+seeds: [7]
+resources: {time_min: 10, cpus: 1}
+"""
+
+
+@pytest.mark.slurm
+def test_requeue_on_slurm_falls_back_over_a_flipped_resume_state(slurm, tmp_path: Path) -> None:
+    """The real SLURM: the job is requeued and held, one bit of its newest resume state flipped, then
+    released; it resumes from the previous state and ends bit-identical to an uninterrupted twin."""
+    import subprocess
+
+    import torch
+
+    from launch.checkpoint import load_checkpoint, resume_states
+    from launch.store import read_jobs
+
+    spec = tmp_path / "flip.yaml"
+    spec.write_text(SLURM_SPEC)
+    root, twin = tmp_path / "tree", tmp_path / "twin"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    run_dir = root / "flip/task_0000/seed7"
+    wait_for(lambda: len(resume_states(run_dir)) >= 2, timeout=120, interval=0.2, what="two resume states")
+    job = next(iter(read_jobs(Store(root), "flip").values()))
+    subprocess.check_call(["scontrol", "requeuehold", job])
+
+    def held() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+        return out.strip() == "PENDING"
+
+    wait_for(held, timeout=60, interval=0.5, what="the job requeued and held")
+    time.sleep(1)
+    assert not list(run_dir.glob("Final_*.pt")), "the run finished before it could be requeued"
+    newest = resume_states(run_dir)[-1]
+    _flip_a_weight_byte(newest)
+    subprocess.check_call(["scontrol", "release", job])
+    sweep("launch", spec, "--cluster", "slurm", "--root", twin)
+    for r in (root, twin):
+        p = sweep("wait", spec, "--root", r, "--interval", "1", "--timeout", "300", check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+    final = next(run_dir.glob("Final_*.pt")).name
+    a = load_checkpoint(run_dir / final)["model"]
+    b = load_checkpoint(twin / "flip/task_0000/seed7" / final)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed from the damaged state"
+    assert (run_dir / f"{newest.name}.corrupt").exists()
+    assert f"skipping resume state {newest.name}" in (run_dir / "log.txt").read_text()
+    [row] = status_json(spec, root)["runs"]
+    assert row["state"] == "completed" and f"{newest.name} failed verification" in row["reason"]
