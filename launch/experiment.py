@@ -105,7 +105,7 @@ class RunContext:
         ``{split}/K{length}/{name}`` or ``{split}/{name}``."""
         rec = {"step": int(step), "split": split, "length": length, "time": time.time(),
                "metrics": {k: _plain(v) for k, v in metrics.items()}}
-        with open(self.run_dir / METRICS_FILE, "a") as f:
+        with open_append(self.run_dir / METRICS_FILE) as f:
             f.write(json.dumps(rec) + "\n")
         loss = rec["metrics"].get("loss")
         if self.fail_on_nonfinite_loss and split == "train" and isinstance(loss, float) and not math.isfinite(loss):
@@ -164,6 +164,13 @@ class RunContext:
             self._wandb_run.define_metric("iter")
             self._wandb_run.define_metric("*", step_metric="iter")
         return self._wandb_run
+
+
+def open_append(path: Path) -> Any:
+    """``open(path, "a")`` that refuses to write through a symlink (OSError ELOOP): a run's
+    files never lead out of its directory. A symlinked run directory or tree root is fine."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "a")
 
 
 def _step_of(line: str) -> int | None:

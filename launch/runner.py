@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import submitit
 
 from launch import store as st
-from launch.experiment import RunContext, load_experiment
+from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append
 from launch.provenance import git_commit
 from launch.store import Store, read_json
 
@@ -85,6 +85,12 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     state = store.state(rel_dir)
     if state.get("state") == st.COMPLETED:
         return None
+    links = [name for name in (st.LOG_FILE, METRICS_FILE) if (run_dir / name).is_symlink()]
+    if links:  # appending to it would write wherever it points
+        store.update_state(rel_dir, state=st.FAILED, ended_at=time.time(),
+                           error=f"{links[0]} is a symlink (to {os.readlink(run_dir / links[0])}): "
+                                 "a run never writes through a symlink; replace it with a plain file")
+        return None
     if state.get("state") == st.RUNNING:
         # the last attempt died without a word (scontrol requeue, node failure, SIGKILL):
         # this start is a requeue too
@@ -122,7 +128,7 @@ def _context(store: Store, rel_dir: str, info: dict[str, Any]) -> RunContext:
 def _logging_to(paths: list[Path], header: str) -> Iterator[list[TextIO]]:
     """stdout/stderr go to the job's own streams and to each run's log.txt."""
     with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context(open(p, "a")) for p in paths]
+        logs = [stack.enter_context(open_append(p)) for p in paths]
         for log in logs:
             log.write(header)
             log.flush()

@@ -351,3 +351,38 @@ def test_requeue_on_slurm_falls_back_over_a_flipped_resume_state(slurm, tmp_path
     assert f"skipping resume state {newest.name}" in (run_dir / "log.txt").read_text()
     [row] = status_json(spec, root)["runs"]
     assert row["state"] == "completed" and f"{newest.name} failed verification" in row["reason"]
+
+
+# -- 8. symlinks -------------------------------------------------------------------------------------
+
+
+def test_a_run_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    from launch import status as stt
+    from launch.runner import run_one
+    from launch.tasks import Run
+
+    outside = tmp_path / "system-file"
+    outside.write_text("precious\n")
+    rel = "noop/seed0"
+    d = tmp_path / "tree" / rel
+    d.mkdir(parents=True)
+    info = {"spec": "s", "experiment": "noop", "group": "g", "task": 0, "seed": 0, "rel_dir": rel,
+            "run_key": "0123456789ab", "params": {}, "config": {"steps": 2, "step_sleep_s": 0.0, "fail_at_step": -1,
+                                                                  "x": 0, "y": 0.0, "label": "a", "seed": 0,
+                                                                  "lengths": [1]}}
+    (d / "run.json").write_text(json.dumps(info))
+    (d / "metrics.jsonl").symlink_to(outside)
+    assert run_one(tmp_path / "tree", rel) is False
+    assert outside.read_text() == "precious\n"
+    run = Run(spec="s", experiment="noop", group="g", task=0, seed=0, rel_dir=rel, run_key="0123456789ab",
+              config=info["config"], params={})
+    [status], _ = stt.run_statuses(Store(tmp_path / "tree"), [run], query=False)
+    assert status.state == "failed" and "metrics.jsonl is a symlink" in status.reason
+
+    # a tree root that is itself a symlink (scratch space) runs as usual
+    (d / "metrics.jsonl").unlink()
+    (d / "state.json").unlink()
+    linked = tmp_path / "linked"
+    linked.symlink_to(tmp_path / "tree")
+    assert run_one(linked, rel) is True
+    assert len((d / "metrics.jsonl").read_text().splitlines()) == 4
