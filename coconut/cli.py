@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from launch.cli import FiniteFloatRange
 from launch.errors import UserError, user_errors_exit_2
 
 CORRUPTION_FILE = "corruption.json"
@@ -108,8 +109,20 @@ def _corruption(frame: Any, root: Path | None, mode: str) -> float | None:
     for run_dir in sorted(set(frame.loc[frame["feedback_mode"] == mode, "run_dir"])):
         f = root / run_dir / CORRUPTION_FILE
         if f.is_file():
-            drops.append(float(json.loads(f.read_text())["drop"]))
+            drops.append(_read_drop(f))
     return _mean(drops)
+
+
+def _read_drop(path: Path) -> float:
+    """The ``drop`` a corruption.json records, or one UserError line naming the file and key."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: not a JSON file ({' '.join(str(e).split())[:120]})") from None
+    drop = data.get("drop") if isinstance(data, dict) else None
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop):
+        raise UserError(f"{path}: drop: must be a finite number, got {drop!r}")
+    return float(drop)
 
 
 def loss_spikes(frame: Any, ratio: float) -> list[str]:
@@ -198,8 +211,8 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 def _threshold_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for name, value in reversed(DEFAULT_THRESHOLDS.items()):
-        command = click.option(f"--{name.replace('_', '-')}", name, type=float, default=value, show_default=True)(
-            command)
+        command = click.option(f"--{name.replace('_', '-')}", name, type=FiniteFloatRange(), default=value,
+                               show_default=True)(command)
     return command
 
 
@@ -231,10 +244,19 @@ def _spec_gate_thresholds(source: str) -> dict[str, float]:
         return {}
     import yaml
 
-    block = (yaml.safe_load(Path(source).read_text()) or {}).get("gates") or {}
-    unknown = set(block) - set(DEFAULT_THRESHOLDS)
+    try:
+        raw = yaml.safe_load(Path(source).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(f"{source}: cannot read the spec ({' '.join(str(e).split())[:120]})") from None
+    block = (raw.get("gates") if isinstance(raw, dict) else None) or {}
+    if not isinstance(block, dict):
+        raise UserError(f"{source}: gates: must be a mapping of thresholds")
+    unknown = set(map(str, block)) - set(DEFAULT_THRESHOLDS)
     if unknown:
         raise UserError(f"{source}: gates: unknown threshold(s) {', '.join(sorted(unknown))}")
+    for k, v in block.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{source}: gates.{k}: must be a finite number, got {v!r}")
     return {k: float(v) for k, v in block.items()}
 
 

@@ -213,9 +213,9 @@ def _plain_json(d: dict[str, Any]) -> dict[str, Any]:
 def load_weights(path: str | Path, device: str = "cpu") -> tuple[Coconut, Any, dict[str, Any]]:
     """A model saved by training (``checkpoint_<n>`` / ``checkpoint_best``), without any hub access:
     the GPT-2 architecture comes from the checkpoint itself."""
+    state = load_checkpoint(path, require=("model", "config", "gpt2_config"))  # verified before the slow import
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    state = load_checkpoint(path, require=("model", "config", "gpt2_config"))
     tok = build_tokenizer()
     gpt2_config = {k: v for k, v in state["gpt2_config"].items() if k not in ("transformers_version",)}
     base = GPT2LMHeadModel(GPT2Config(**gpt2_config))

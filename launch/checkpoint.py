@@ -65,7 +65,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *, sidecar: dict[st
     """Write ``state`` to ``path`` atomically, then ``<path>.json`` describing it.
 
     Returns the sidecar dict: the caller's ``sidecar`` fields (config, metrics,
-    step…) plus ``sha256``, ``size``, ``torch_version``, ``git_commit``,
+    step…), ``run_key`` (in a run directory: from its run.json), plus ``sha256``, ``size``, ``torch_version``, ``git_commit``,
     ``host`` and ``created_at``. Raises TypeError, naming the key path, if
     ``state`` holds anything but plain data.
     """
@@ -86,6 +86,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *, sidecar: dict[st
     _fsync_dir(path.parent)
 
     meta = dict(sidecar or {})
+    run_key = _run_key_of(path.parent)
+    if run_key is not None:
+        meta.setdefault("run_key", run_key)
     meta.update(
         file=path.name,
         sha256=digest,
@@ -98,6 +101,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *, sidecar: dict[st
     text = json.dumps(meta, indent=2, default=_json_default) + "\n"
     _write_atomically(_sidecar_path(path), lambda f: f.write(text.encode()))
     return meta
+
+
+def _run_key_of(run_dir: Path) -> str | None:
+    """The run key in ``run_dir/run.json`` (a run directory of the harness), else None."""
+    try:
+        key = json.loads((run_dir / "run.json").read_text()).get("run_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 def check_plain_data(obj: Any, where: str = "state") -> None:
@@ -225,17 +237,24 @@ _KEY_MEANING = {"model": "model state", "optimizer": "optimizer state", "schedul
 
 
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", require: Iterable[str] = (),
-                    mmap: bool = False) -> dict[str, Any]:
+                    mmap: bool = False, verify: bool = True, require_sidecar: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (or any plain-data
     ``torch.save`` file) with ``weights_only=True``.
 
+    Before anything is unpickled the file is checked against its sidecar
+    (size, then sha256; ``verify=False`` only for callers that just did so):
+    bytes that differ from what was saved are refused. A file without a sidecar
+    loads (a checkpoint from elsewhere) unless ``require_sidecar``.
+
     Every failure is one CheckpointError line: not found, empty/truncated,
-    corrupt, not a torch file, holding pickled objects, not a dict, or missing
-    a key named in ``require``. ``mmap=True`` maps tensor storage instead of
-    reading it (zip-format files only; others are read normally).
+    changed since saved, corrupt, not a torch file, holding pickled objects,
+    not a dict, or missing a key named in ``require``. ``mmap=True`` maps tensor
+    storage instead of reading it (zip-format files only; others are read normally).
     """
     path = Path(path)
     _check_exists(path)
+    if verify:
+        check_against_sidecar(path, require_sidecar=require_sidecar)
     head = _read_head(path)
     if not head:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): truncated, e.g. killed while saving")
@@ -265,6 +284,39 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu", require: Ite
             have = ", ".join(map(str, list(state)[:12])) or "nothing"
             raise CheckpointError(f"{path} does not contain {what} (key {key!r}); it has: {have}")
     return state
+
+
+def sidecar_mismatch(path: Path, meta: dict[str, Any]) -> str | None:
+    """How the bytes of ``path`` differ from what its sidecar ``meta`` recorded
+    (size first: free; then sha256), or None when they agree."""
+    size, recorded_size, recorded_hash = path.stat().st_size, meta.get("size"), meta.get("sha256")
+    if recorded_size is not None and recorded_size != size:
+        return f"it is {size} bytes, its sidecar records {recorded_size} (truncated or changed since it was saved)"
+    if recorded_hash is not None:
+        actual = sha256_file(path)
+        if actual != recorded_hash:
+            return (f"its sha256 is {actual[:12]}…, its sidecar records {str(recorded_hash)[:12]}… "
+                    "(changed since it was saved)")
+    return None
+
+
+def check_against_sidecar(path: str | Path, *, require_sidecar: bool = False) -> dict[str, Any] | None:
+    """Raise CheckpointError when ``path`` does not match its sidecar (or, with
+    ``require_sidecar``, has none); returns the sidecar (None when there is none)."""
+    path = Path(path)
+    meta = read_sidecar(path)
+    if meta is None:
+        if require_sidecar:
+            raise CheckpointError(f"checkpoint {path} has no sidecar {path.name}{SIDECAR_SUFFIX} to verify it "
+                                  "against (killed between the save and its sidecar?)")
+        return None
+    try:
+        problem = sidecar_mismatch(path, meta)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_one_line(e)}") from None
+    if problem:
+        raise CheckpointError(f"refusing checkpoint {path}: {problem}")
+    return meta
 
 
 def _check_exists(path: Path) -> None:
@@ -472,28 +524,54 @@ def _remove_stale_temp_files(run_dir: Path, prefix: str, newer_than: Path) -> No
 
 def load_latest_resume_state(run_dir: str | Path, *, prefix: str = RESUME_PREFIX, require: Iterable[str] = (),
                              map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The newest resume state that loads, with its contents; None if there is none.
+    """The newest resume state that is verified and loads, with its contents; None if there is none.
 
-    A newest file that does not load (e.g. written by a process killed while
-    saving without the atomic path, or damaged on disk) is reported on stderr
-    and renamed to ``<name>.corrupt`` — so pruning never keeps it in place of
-    a good one — and the previous state is tried.
+    Each state is checked against its sidecar (size + sha256) before it is
+    unpickled; one without a sidecar is not trusted either. A newest file that
+    fails (damaged on disk, changed since saved, written by a process killed
+    while saving without the atomic path) is reported on stderr (the run's log),
+    renamed to ``<name>.corrupt`` — so pruning never keeps it in place of a good
+    one — and recorded in the run's ``state.json`` (``corrupt_resume_states``,
+    shown by ``sweep status``); then the previous state is tried.
     """
     require = tuple(require)
     for path in reversed(resume_states(run_dir, prefix)):
         try:
-            return path, load_checkpoint(path, map_location=map_location, require=require)
+            return path, load_checkpoint(path, map_location=map_location, require=require, require_sidecar=True)
         except CheckpointError as e:
-            aside = path.with_name(path.name + ".corrupt")
-            try:
-                os.replace(path, aside)
-                _sidecar_path(path).unlink(missing_ok=True)
-                moved = f"; moved to {aside.name}"
-            except OSError:
-                moved = ""
-            print(f"warning: skipping resume state {path.name}: {e}{moved}; trying the previous one",
-                  file=sys.stderr)
+            _set_aside(Path(run_dir), path, str(e))
     return None
+
+
+def _set_aside(run_dir: Path, path: Path, why: str) -> None:
+    """Rename a refused resume state ``<name>.corrupt`` (dropping its sidecar), say so on stderr and in
+    the run's state.json."""
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+        _sidecar_path(path).unlink(missing_ok=True)
+        moved = f"; moved to {aside.name}"
+    except OSError:
+        moved = ""
+    print(f"warning: skipping resume state {path.name}: {why}{moved}; trying the previous one", file=sys.stderr)
+    _record_in_state(run_dir, path.name)
+
+
+def _record_in_state(run_dir: Path, name: str) -> None:
+    """Add ``name`` to ``corrupt_resume_states`` in the run's state.json (when it is a run directory)."""
+    from launch.store import STATE_FILE, Store, read_json  # the harness's store: only in a run directory
+
+    state = read_json(run_dir / STATE_FILE)
+    if not state or state.get("_corrupt"):
+        return
+    seen = state.get("corrupt_resume_states")
+    names = [n for n in seen if isinstance(n, str)] if isinstance(seen, list) else []
+    if name in names:  # another rank of the same job set it aside already
+        return
+    try:
+        Store(run_dir.parent).update_state(run_dir.name, base=state, corrupt_resume_states=[*names, name])
+    except OSError:
+        pass
 
 
 def latest_resume_state(run_dir: str | Path, *, prefix: str = RESUME_PREFIX,

@@ -9,6 +9,7 @@ families (``sweep.commands`` entry points) are loaded only when called, so
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,16 @@ if TYPE_CHECKING:
     from launch.tasks import Run
 
 CLUSTERS = ["slurm", "local"]
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and ±inf (a range check lets nan through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 # harness commands that import torch live in their own modules, loaded on use
@@ -117,7 +128,7 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @click.option("--time", "time_min", type=click.IntRange(min=1), default=None, help="Minutes per job.")
 @click.option("--gpus", type=click.IntRange(min=0), default=None)
 @click.option("--cpus", type=click.IntRange(min=1), default=None)
-@click.option("--mem", "mem_gb", type=click.FloatRange(min=0, min_open=True), default=None, help="GB per job.")
+@click.option("--mem", "mem_gb", type=FiniteFloatRange(min=0, min_open=True), default=None, help="GB per job.")
 @click.option("--account", default=None)
 @click.option("--qos", default=None)
 @click.option("--constraint", default=None)
@@ -153,14 +164,14 @@ def _warn_missing_roots(loaded: list[Any]) -> None:
 
 def _launched_specs(root: str | None) -> tuple[str, ...]:
     """The spec files launched into a tree (from its manifests), for `sweep status` without SPEC."""
-    from launch.store import Store
+    from launch.store import Store, read_json
 
     store = Store(Path(root or "checkpoints"))
     found = []
     for m in sorted((store.meta / "manifests").glob("*.json")):
-        info = json.loads(m.read_text())
-        if Path(info.get("spec_file", "")).exists():
-            found.append(info["spec_file"])
+        spec_file = (read_json(m) or {}).get("spec_file")
+        if isinstance(spec_file, str) and Path(spec_file).exists():  # a manifest of another shape: skipped
+            found.append(spec_file)
     if not found:
         raise UserError(f"no SPEC given and no launched spec found under {store.root}/.sweep/manifests")
     return tuple(found)
@@ -267,8 +278,8 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 @click.argument("spec_paths", metavar="SPEC...", nargs=-1, required=True)
 @root_option
 @only_option
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0), default=None, help="Give up after S seconds.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--timeout", "timeout_s", type=FiniteFloatRange(min=0), default=None, help="Give up after S seconds.")
+@click.option("--interval", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True)
 def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeout_s: float | None,
          interval: float) -> None:
     """Block until no run of SPEC is pending or running; exit 1 if any failed."""
@@ -379,10 +390,21 @@ def collect(spec_paths: tuple[str, ...], output: str, root: str | None, only: st
         raise UserError(f"specs use different tree roots ({', '.join(sorted(roots))}); pass --root")
     runs = _distinct_runs(loaded)
     report = do_collect(runs, Store(loaded[0][0].root), Path(output), include_incomplete=include_incomplete)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     for reason, dirs in report.skipped.items():
         click.echo(f"skipped {len(dirs)} runs ({reason}): {', '.join(dirs[:3])}{' …' if len(dirs) > 3 else ''}",
                    err=True)
+    for rel, problem in report.problems.items():
+        click.echo(f"  {rel}: {problem}", err=True)
     click.echo(f"wrote {output}: {report.rows} rows from {report.runs} of {len(runs)} runs")
+    for rel, why in report.foreign.items():
+        click.echo(f"error: {rel}: not merged: {why}", err=True)
+    if report.foreign:
+        click.echo(f"{len(report.foreign)} run directories hold another run than the spec names there; "
+                   "their rows are not in the table", err=True)
+    if report.foreign or report.corrupt:  # the table holds the rest; a script must not take it as whole
+        sys.exit(1)
 
 
 @cli.command()

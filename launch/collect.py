@@ -3,6 +3,16 @@
 One row per metrics record (run × step × split × eval length). Reads
 ``run.json``, ``state.json`` and ``metrics.jsonl``, never model weights.
 
+Attribution is by identity: a run directory's rows are labelled with a run of
+the spec only when the run key in its ``run.json`` (and in the spec's manifest)
+is that run's key. A directory holding another run (the spec was edited after
+launch, or another spec launched into it) is reported in ``foreign`` and never
+merged. A run whose files cannot be read (corrupt state.json, a metrics line
+that is not a ctx.log record) is skipped with the line at fault; a torn last
+line of metrics.jsonl (a kill mid-write) costs that line only, with a warning.
+``sweep collect`` exits 1 after writing the rest when any run was not merged
+for either reason.
+
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
             git_commit, host, started_at, ended_at, wall_s, state
@@ -25,7 +35,7 @@ import pyarrow.parquet as pq
 
 from launch import store as st
 from launch.experiment import METRICS_FILE
-from launch.store import Store, read_jobs, read_json
+from launch.store import Store, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 PROVENANCE = ["spec", "experiment", "group", "task", "seed", "run_key", "run_dir", "job_id", "git_commit",
@@ -38,6 +48,61 @@ class CollectReport:
     rows: int = 0
     runs: int = 0
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> run dirs
+    # run dir -> why its files are not the run the spec names there (never merged)
+    foreign: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # run dir -> what is corrupt in it
+    warnings: list[str] = field(default_factory=list)  # what was dropped (a torn last line)
+
+    @property
+    def corrupt(self) -> list[str]:
+        """Run dirs whose files could not be read (skipped as corrupt)."""
+        return [rel for reason, dirs in self.skipped.items() if reason.startswith("corrupt") for rel in dirs]
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a metrics.jsonl and its torn last line (None when whole).
+
+    A last line that is not JSON was cut short by a kill mid-write: only it is dropped. Any
+    other bad line raises ValueError naming the line: the file is not what ctx.log writes."""
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    recs, torn = [], None
+    for i, (n, line) in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                torn = line
+                break
+            raise ValueError(f"line {n} is not JSON") from None
+        problem = _record_problem(rec)
+        if problem:
+            raise ValueError(f"line {n}: {problem}")
+        recs.append(rec)
+    return recs, torn
+
+
+def _record_problem(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if not isinstance(rec.get("metrics"), dict):
+        return "no metrics mapping"
+    if not isinstance(rec.get("split"), str):
+        return "no split"
+    step = rec.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        return f"step must be an integer, got {step!r}"
+    return None
+
+
+def _not_own(store: Store, r: Run, manifest: dict[str, Any]) -> str | None:
+    """Why the files in ``r``'s directory may not be labelled as ``r`` (see Store.identity_problem);
+    a directory with metrics but no run.json cannot be attributed either."""
+    d = store.run_dir(r)
+    info = read_json(d / st.RUN_FILE)
+    if info is None and (d / METRICS_FILE).exists():
+        return f"no {st.RUN_FILE}: cannot tell which run wrote {METRICS_FILE}"
+    return store.identity_problem(r, manifest, info)
 
 
 def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool = False) -> CollectReport:
@@ -48,11 +113,16 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
     config_cols: list[str] = []
     seen_cfg: set[str] = set()
     records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     for r in runs:
         d = store.run_dir(r)
-        state = read_json(d / st.STATE_FILE)
+        state = read_state(d / st.STATE_FILE)
         if not state:
             report.skipped.setdefault("not started", []).append(r.rel_dir)
+            continue
+        foreign = _not_own(store, r, manifests[r.spec])
+        if foreign:
+            report.foreign[r.rel_dir] = foreign
             continue
         if state.get("_corrupt"):
             report.skipped.setdefault("corrupt state.json", []).append(r.rel_dir)
@@ -61,16 +131,17 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
             report.skipped.setdefault(f"not completed ({state.get('state')})", []).append(r.rel_dir)
             continue
         try:
-            with open(d / METRICS_FILE) as f:
-                recs = [json.loads(line) for line in f if line.strip()]
-            if not all(isinstance(rec, dict) and isinstance(rec.get("metrics"), dict) for rec in recs):
-                raise ValueError("not the records ctx.log writes")
+            recs, torn = read_metrics(d / METRICS_FILE)
         except FileNotFoundError:
             report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
             continue
-        except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
             report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
+            report.problems[r.rel_dir] = f"{METRICS_FILE}: {e}"
             continue
+        if torn:
+            report.warnings.append(f"{r.rel_dir}/{METRICS_FILE}: dropped its last line, cut short "
+                                   f"(killed while writing?): {torn[:60]!r}")
         for k in r.config:
             if k not in seen_cfg and k != "seed":  # seed is already a provenance column
                 seen_cfg.add(k)

@@ -26,6 +26,7 @@ Families register in ``pyproject.toml`` under ``[project.entry-points."sweep.exp
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ def load_experiment(name: str) -> Experiment:
     return found[name].load()
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training loss became NaN or ±inf: the run ends ``failed`` with the step (ctx.log raises it)."""
+
+
 METRICS_FILE = "metrics.jsonl"
 TOP_LEVEL_WANDB = {"lr", "iter"}
 PROGRESS_FILE = "progress.json"
@@ -80,6 +85,8 @@ class RunContext:
     wandb: dict[str, Any] | None = None  # the spec's wandb block, or None when disabled
     wandb_config: dict[str, Any] | None = None  # the run's hyperparameters, shown and filtered on in W&B
     device: str = "cpu"
+    # a train-split ``loss`` that is NaN or ±inf ends the run (the spec's fail_on_nonfinite_loss)
+    fail_on_nonfinite_loss: bool = True
     _wandb_run: Any = field(default=None, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
     _unwritten_progress: tuple[int, int] | None = field(default=None, repr=False)
@@ -98,8 +105,12 @@ class RunContext:
         ``{split}/K{length}/{name}`` or ``{split}/{name}``."""
         rec = {"step": int(step), "split": split, "length": length, "time": time.time(),
                "metrics": {k: _plain(v) for k, v in metrics.items()}}
-        with open(self.run_dir / METRICS_FILE, "a") as f:
+        with open_append(self.run_dir / METRICS_FILE) as f:
             f.write(json.dumps(rec) + "\n")
+        loss = rec["metrics"].get("loss")
+        if self.fail_on_nonfinite_loss and split == "train" and isinstance(loss, float) and not math.isfinite(loss):
+            raise NonFiniteLoss(f"training loss of {self.name or self.run_dir} is {loss} at step {int(step)}: "
+                                "the run is stopped (fail_on_nonfinite_loss: false in the spec lets it go on)")
         if self.wandb is not None:
             prefix = f"{split}/K{length}/" if length is not None else f"{split}/"
             # lr and iter are top-level W&B keys (the reference's names); the rest are split/…
@@ -153,6 +164,13 @@ class RunContext:
             self._wandb_run.define_metric("iter")
             self._wandb_run.define_metric("*", step_metric="iter")
         return self._wandb_run
+
+
+def open_append(path: Path) -> Any:
+    """``open(path, "a")`` that refuses to write through a symlink (OSError ELOOP): a run's
+    files never lead out of its directory. A symlinked run directory or tree root is fine."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "a")
 
 
 def _step_of(line: str) -> int | None:

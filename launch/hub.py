@@ -73,6 +73,8 @@ def run_files(run_dir: Path) -> list[Path]:
         rel = path.relative_to(run_dir)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts) or ".tmp" in path.name:
             continue
+        if not inside(path, run_dir):  # a symlink out of the run: never published
+            continue
         name = path.name
         if name.startswith(RESUME_PREFIX) or name.endswith(".corrupt"):
             continue
@@ -265,11 +267,21 @@ def upload_to_hub(plan: UploadPlan, repo_id: str, private: bool) -> str:
     return str(getattr(info, "commit_url", repo_id))
 
 
+def inside(path: Path, tree: Path) -> bool:
+    """Whether ``path``, with every symlink followed, stays inside ``tree`` (itself resolved, so a
+    tree whose root is a symlink, common on clusters, is fine; a link out of it is not)."""
+    try:
+        return path.resolve().is_relative_to(tree.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
 def download_from_folder(folder: Path, to: Path) -> int:
     if not folder.is_dir():
         raise UserError(f"--repo {folder}: no such folder")
     files = [p for p in sorted(folder.rglob("*"))
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+             and inside(p, folder)]
     if not files:
         raise UserError(f"--repo {folder}: the folder is empty")
     for src in files:
@@ -346,10 +358,47 @@ def download_command(repo: str, to: Path | None) -> None:
         to = Path((folder.resolve().name if folder is not None else repo.rstrip("/").split("/")[-1]) or "download")
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"--to {to}: exists and is not an empty folder; choose another")
+    existed = to.exists()
     if folder is not None:
         if folder.is_dir() and to.resolve().is_relative_to(folder.resolve()):
             raise UserError(f"--to {to} is inside the source folder {folder}")
         n = download_from_folder(folder, to)
     else:
         n = download_from_hub(repo, to)
-    click.echo(f"downloaded {n} files to {to}; check them with: sweep verify {to}")
+    bad = damaged_files(to)
+    if bad:  # nothing unverified is kept: the folder is left as it was
+        _discard(to, existed)
+        path, problem = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise UserError(f"download of {repo}: {path.relative_to(to)}: {problem}{more}; nothing was kept")
+    click.echo(f"downloaded {n} files to {to}, every checkpoint matching its sidecar's sha256")
+
+
+def damaged_files(tree: Path) -> list[tuple[Path, str]]:
+    """Files under ``tree`` whose bytes differ from what their sidecar recorded (size, sha256)."""
+    from launch.checkpoint import SIDECAR_SUFFIX, read_sidecar, sidecar_mismatch
+    from launch.errors import CheckpointError
+
+    bad = []
+    for sidecar in sorted(tree.rglob(f"*{SIDECAR_SUFFIX}")):
+        path = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+        if not path.is_file() or ".cache" in sidecar.relative_to(tree).parts:
+            continue
+        try:
+            meta = read_sidecar(path)
+        except CheckpointError as e:
+            bad.append((path, str(e)))
+            continue
+        if meta and "sha256" in meta:
+            problem = sidecar_mismatch(path, meta)
+            if problem:
+                bad.append((path, problem))
+    return bad
+
+
+def _discard(to: Path, existed: bool) -> None:
+    if existed:  # it was empty
+        for child in to.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        shutil.rmtree(to, ignore_errors=True)

@@ -36,6 +36,7 @@ from typing import Any
 import click
 
 from launch import store as st
+from launch.cli import FiniteFloatRange
 from launch.errors import UserError
 from launch.experiment import METRICS_FILE, load_experiment
 from launch.store import Store, read_json, write_json
@@ -150,7 +151,7 @@ def create_child(parent: Parent, info: dict[str, Any]) -> tuple[Path, bool]:
 @click.command("resume")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Steps (iterations, epochs…) to add.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Learning rate of the added steps (the experiment's extend hook says how it is used).")
 @click.option("--cluster", type=click.Choice(["local", "slurm"]), default=None,
               help="Submit the new run instead of running it here in the foreground.")

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import submitit
 
 from launch import store as st
-from launch.experiment import RunContext, load_experiment
+from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append
 from launch.provenance import git_commit
 from launch.store import Store, read_json
 
@@ -85,6 +85,12 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     state = store.state(rel_dir)
     if state.get("state") == st.COMPLETED:
         return None
+    links = [name for name in (st.LOG_FILE, METRICS_FILE) if (run_dir / name).is_symlink()]
+    if links:  # appending to it would write wherever it points
+        store.update_state(rel_dir, state=st.FAILED, ended_at=time.time(),
+                           error=f"{links[0]} is a symlink (to {os.readlink(run_dir / links[0])}): "
+                                 "a run never writes through a symlink; replace it with a plain file")
+        return None
     if state.get("state") == st.RUNNING:
         # the last attempt died without a word (scontrol requeue, node failure, SIGKILL):
         # this start is a requeue too
@@ -97,7 +103,8 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     t0 = time.time()
     store.update_state(rel_dir, state=st.RUNNING, job_id=current_job_id(), host=socket.gethostname(),
                        pid=os.getpid(), started_at=state.get("started_at") or t0, attempt_started_at=t0,
-                       attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit())
+                       attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit(),
+                       run_key=info.get("run_key"))  # the identity, so status need not read run.json
     return info, state, t0
 
 
@@ -112,6 +119,7 @@ def _finish(store: Store, rel_dir: str, state: dict[str, Any], t0: float, error:
 def _context(store: Store, rel_dir: str, info: dict[str, Any]) -> RunContext:
     return RunContext(run_dir=store.run_dir(rel_dir), run_key=info["run_key"], group=info["group"],
                       name=rel_dir, wandb=info.get("wandb"),
+                      fail_on_nonfinite_loss=info.get("fail_on_nonfinite_loss") is not False,
                       wandb_config=info["config"] | {"task": info.get("task"), "seed": info.get("seed"),
                                                      "spec": info.get("spec")})
 
@@ -120,7 +128,7 @@ def _context(store: Store, rel_dir: str, info: dict[str, Any]) -> RunContext:
 def _logging_to(paths: list[Path], header: str) -> Iterator[list[TextIO]]:
     """stdout/stderr go to the job's own streams and to each run's log.txt."""
     with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context(open(p, "a")) for p in paths]
+        logs = [stack.enter_context(open_append(p)) for p in paths]
         for log in logs:
             log.write(header)
             log.flush()
@@ -188,9 +196,15 @@ def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] |
     keeps the books (state, log.txt); the other ranks just run the experiment
     alongside it."""
     if infos and global_rank() == 0:
+        owned = []
         for rel in rel_dirs:
-            if rel in infos:
-                Store(root).write_run_info(rel, infos[rel])
+            if rel not in infos or Store(root).write_run_info(rel, infos[rel]):
+                owned.append(rel)
+            else:  # e.g. a second spec that lost a launch race: leave the other run's files alone
+                print(f"sweep: {Path(root) / rel} already holds another run than {infos[rel].get('run_key')}; "
+                      "not running it there", file=sys.stderr)
+        if len(owned) < len(rel_dirs):
+            return _as_list(run_unit(root, owned, None), owned, rel_dirs)
     elif infos:  # other ranks wait for rank 0 to write the run files
         deadline = time.time() + 120
         while time.time() < deadline and not all((Path(root) / r / st.RUN_FILE).exists() for r in rel_dirs):
@@ -210,6 +224,12 @@ def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] |
             if len(keys) == 1 and None not in keys:
                 return run_pack(Path(root), rel_dirs)
     return [run_one(Path(root), rel) for rel in rel_dirs]
+
+
+def _as_list(results: list[bool], owned: list[str], rel_dirs: list[str]) -> list[bool]:
+    """``results`` (one per run of ``owned``) spread over ``rel_dirs`` (False for the others)."""
+    by_rel = dict(zip(owned, results))
+    return [by_rel.get(rel, False) for rel in rel_dirs]
 
 
 class RunUnit(submitit.helpers.Checkpointable):

@@ -6,6 +6,7 @@ path (``axes[1].values[0]``), so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ from launch.errors import SpecError, UserError
 from launch.experiment import Experiment, load_experiment
 
 TOP_KEYS = {"experiment", "name", "root", "group", "path", "fixed", "axes", "seeds",
-            "resources", "wandb", "pack", "max_requeues", "description", "gates"}
+            "resources", "wandb", "pack", "max_requeues", "description", "gates", "max_runs",
+            "fail_on_nonfinite_loss"}
+# a grid larger than this is refused from its axis lengths alone (the spec's max_runs raises it)
+DEFAULT_MAX_RUNS = 1_000_000
 AXIS_KEYS = {"params", "param", "values", "group", "name"}
 RESOURCE_KEYS = {
     "partition": str, "time_min": int, "gpus": int, "cpus": int, "mem_gb": (int, float),
@@ -80,6 +84,7 @@ class Spec:
     wandb: dict[str, Any] | None = None
     pack: int | str = 1
     max_requeues: int = 5
+    fail_on_nonfinite_loss: bool = True  # a training loss that becomes NaN/inf ends the run failed
     experiment: Experiment | None = field(default=None, repr=False)
 
     @property
@@ -188,6 +193,8 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
         dup = next(s for s in seeds_raw if seeds_raw.count(s) > 1)
         raise SpecError(file, "seeds", f"duplicate seed {dup}")
 
+    _check_grid_size(raw, axes, len(seeds_raw), file)
+
     names = set(defaults) | TEMPLATE_NAMES
     group_t = _expect(raw.get("group", name), str, file, "group")
     path_t = _expect(raw["path"], str, file, "path")
@@ -223,6 +230,13 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
 
     if raw.get("gates") is not None and not isinstance(raw["gates"], dict):
         raise SpecError(file, "gates", f"must be a mapping of thresholds, got {_tname(raw['gates'])}")
+    for gate, threshold in (raw.get("gates") or {}).items():
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise SpecError(file, f"gates.{gate}", f"must be a number, got {_tname(threshold)} {threshold!r}")
+        _check_finite(threshold, file, f"gates.{gate}")
+    nonfinite = raw.get("fail_on_nonfinite_loss", True)
+    if not isinstance(nonfinite, bool):
+        raise SpecError(file, "fail_on_nonfinite_loss", f"must be true or false, got {nonfinite!r}")
 
     spec_root = _expect(raw.get("root", "checkpoints"), str, file, "root")  # checked also when --root wins
     if not spec_root.strip():
@@ -230,7 +244,22 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     root_path = Path(root) if root is not None else Path(spec_root)
     return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,
                 path_template=path_t, fixed=fixed, axes=axes, seeds=list(seeds_raw), resources=resources,
-                wandb=wandb, pack=pack, max_requeues=max_requeues, experiment=exp)
+                wandb=wandb, pack=pack, max_requeues=max_requeues, fail_on_nonfinite_loss=nonfinite,
+                experiment=exp)
+
+
+def _check_grid_size(raw: dict[str, Any], axes: list[Axis], n_seeds: int, file: str) -> None:
+    """Refuse a grid of more than ``max_runs`` runs from the axis lengths alone (constant memory)."""
+    limit = raw.get("max_runs", DEFAULT_MAX_RUNS)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise SpecError(file, "max_runs", f"must be a positive integer, got {limit!r}")
+    total = n_seeds
+    for axis in axes:
+        total *= len(axis.values)
+    if total > limit:
+        lengths = " × ".join(str(len(a.values)) for a in axes) or "1"
+        raise SpecError(file, "axes", f"the grid has {total:,} runs ({lengths} × {n_seeds} seeds), more than "
+                                      f"max_runs={limit:,}; set max_runs in the spec if that is meant")
 
 
 def _parse_axis(a: Any, file: str, key: str, defaults: dict[str, Any], exp_name: str) -> Axis:
@@ -291,29 +320,61 @@ def _check_param(name: str, value: Any, defaults: dict[str, Any], file: str, key
         return
     if name not in defaults:
         raise SpecError(file, key, f"experiment {exp_name!r} has no parameter {name!r}")
+    _check_finite(value, file, key)
     want = defaults[name]
     if want is None:  # the experiment takes anything here
         return
-    ok: bool
-    if isinstance(want, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(want, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(want, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(want))
-    if not ok:
+    if not _same_kind(value, want):
         raise SpecError(file, key, f"{name} must be {_tname(want)}, got {_tname(value)} {value!r}")
+    if isinstance(want, list) and want and isinstance(value, list):
+        # list elements are checked like scalars, against the default's element type
+        kinds = {type(w) for w in want}
+        for i, item in enumerate(value):
+            if not any(_same_kind(item, w) for w in want if type(w) in kinds):
+                raise SpecError(file, f"{key}[{i}]", f"elements of {name} must be {_tname(want[0])}, "
+                                                     f"got {_tname(item)} {item!r}")
+
+
+def _same_kind(value: Any, want: Any) -> bool:
+    """``value`` has the type of the default ``want`` (a float default takes ints too)."""
+    if want is None:
+        return True
+    if isinstance(want, bool):
+        return isinstance(value, bool)
+    if isinstance(want, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(want, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(want))
+
+
+def _check_finite(value: Any, file: str, key: str) -> None:
+    """NaN and ±inf make a run meaningless: refused wherever they sit (lists and mappings included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(file, key, f"must be a finite number, got {value}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, file, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _check_finite(item, file, f"{key}.{k}")
 
 
 def _check_template(t: str, names: set[str], file: str, key: str) -> list[str]:
     """The names the template reads, each one of ``names``."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(t) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(t) if f is not None]
     except ValueError as e:
         raise SpecError(file, key, f"bad template {t!r}: {e}") from None
-    bases = [fname.split(".")[0].split("[")[0] for fname in fields]
+    for fname, fmt, conv in parsed:
+        # a format string can reach any attribute of a value ({x.__class__}) or index it ({x[0]}):
+        # only plain names, with a format spec, are allowed
+        if "." in fname or "[" in fname or conv is not None or "{" in (fmt or ""):
+            shown = fname + (f"!{conv}" if conv else "") + (f":{fmt}" if fmt else "")
+            raise SpecError(file, key, f"template field {{{shown}}} is not allowed: use a plain {{name}}, "
+                                       "optionally with a format spec like {task:04d}")
+    fields = [f for f, _, _ in parsed]
+    bases = list(fields)
     for base in bases:
         if not base:
             raise SpecError(file, key, f"template {t!r} has an empty field {{}}; name a parameter")
@@ -333,6 +394,7 @@ def _parse_typed_block(block: Any, schema: dict[str, Any], file: str, key: str) 
         t = schema[k]
         if isinstance(v, bool) or not isinstance(v, t):
             raise SpecError(file, f"{key}.{k}", f"must be {_tname(t)}, got {_tname(v)} {v!r}")
+        _check_finite(v, file, f"{key}.{k}")
         if isinstance(v, (int, float)) and v <= 0:
             raise SpecError(file, f"{key}.{k}", f"must be positive, got {v}")
         for i, item in enumerate(v if isinstance(v, list) else []):  # setup lines, tags

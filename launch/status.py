@@ -19,7 +19,7 @@ from typing import Any
 from launch import store as st
 from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
-from launch.store import Store, read_jobs, read_json
+from launch.store import Store, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
@@ -116,7 +116,7 @@ def query_slurm(job_ids: set[str]) -> tuple[dict[str, str], str | None]:
 
 def run_statuses(store: Store, runs: list[Run], query: bool = True,
                  details: bool = False) -> tuple[list[RunStatus], str | None]:
-    disk = {r.rel_dir: read_json(store.run_dir(r) / st.STATE_FILE) for r in runs}
+    disk = {r.rel_dir: read_state(store.run_dir(r) / st.STATE_FILE) for r in runs}
     jobs: dict[str, str] = {}
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
@@ -134,13 +134,22 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     if not query and slurm_ids:
         warning = "scheduler not queried; states are from disk alone"
     local_alive: dict[str, bool | None] = {}
+    manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     out = []
     for r in runs:
         d = disk[r.rel_dir] or {}
         s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"))
         dstate = d.get("state")
+        # run.json exists only once the run started, and then so does state.json, where the job
+        # also records its run key (one file read fewer per run at 10,000 runs)
+        info = _identity(store, r, d) if disk[r.rel_dir] else None
+        foreign = store.identity_problem(r, manifests[r.spec], info)
+        if foreign:  # another run's files: none of them is this run's state
+            s.state, s.reason = FAILED, foreign
+            out.append(s)
+            continue
         if d.get("_corrupt"):
-            s.state, s.reason = FAILED, "state.json is corrupt"
+            s.state, s.reason = FAILED, "state.json is corrupt" + (f" ({d['_why']})" if d.get("_why") else "")
         elif dstate == st.COMPLETED:
             s.state = COMPLETED
         elif dstate == st.FAILED:
@@ -174,6 +183,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 # scheduler not asked, unreachable, or not knowing the job yet (sacct lags
                 # sbatch by a few seconds): what the run last wrote
                 s.state = _FROM_DISK[dstate]
+        if s.reason is None and d.get("corrupt_resume_states"):
+            s.reason = _recovered(d["corrupt_resume_states"])
         if details:
             prog = read_json(store.run_dir(r) / PROGRESS_FILE) or {}
             s.step = prog.get("step")
@@ -182,6 +193,21 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             s.updated_at = max(filter(None, [s.updated_at, prog.get("time")]), default=None)
         out.append(s)
     return out, warning
+
+
+def _identity(store: Store, r: Run, d: dict[str, Any]) -> dict[str, Any] | None:
+    """What identifies the run in ``r``'s directory: the run key its job recorded in state.json,
+    else its run.json (None when it has none)."""
+    key = d.get("run_key")
+    if isinstance(key, str):
+        return {"run_key": key}
+    return read_json(store.run_dir(r) / st.RUN_FILE)
+
+
+def _recovered(names: object) -> str:
+    """The status reason of a run that resumed past resume states failing verification."""
+    shown = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
+    return f"resumed from an older state: {shown} failed verification (moved to <name>.corrupt)"
 
 
 def _died_here(d: dict[str, Any]) -> bool:
@@ -210,7 +236,7 @@ def _last_metric(store: Store, r: Run) -> str | None:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict):
+        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict) or not isinstance(rec.get("split"), str):
             continue
         name, value = next(iter(rec["metrics"].items()), (None, None))
         if name is None:

@@ -48,9 +48,16 @@ def write_json(path: Path | str, data: Any) -> None:
     path = os.fspath(path)
     head, name = os.path.split(path)
     tmp = os.path.join(head, f".{name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException as e:  # e.g. no space left on device: no temp file is left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: say which
+            raise OSError(e.errno, e.strerror, path) from None
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -62,6 +69,37 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"_corrupt": True}
     return data if isinstance(data, dict) else {"_corrupt": True}
+
+
+# the type of each state.json field (None is always allowed); a field of another type makes the
+# file corrupt: readers report it instead of failing on it
+_NUMBER = (int, float)
+STATE_FIELDS: dict[str, Any] = {
+    "state": str, "job_id": str, "attempts": int, "requeues": int, "host": str, "pid": int, "git_commit": str,
+    "started_at": _NUMBER, "attempt_started_at": _NUMBER, "ended_at": _NUMBER, "wall_s": _NUMBER,
+    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str,
+    "corrupt_resume_states": list,
+}
+
+
+def state_problem(state: dict[str, Any]) -> str | None:
+    """The first field of a state.json that has the wrong type, as ``field: problem``; None when fine."""
+    for name, kind in STATE_FIELDS.items():
+        value = state.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            want = "a number" if kind is _NUMBER else {str: "a string", int: "an integer", list: "a list"}[kind]
+            return f"{name}: must be {want}, got {type(value).__name__} {value!r}"[:160]
+    return None
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """A state.json: None when missing; ``{"_corrupt": True, "_why": ...}`` when unreadable or when a
+    field has the wrong type."""
+    data = read_json(path)
+    if data is None or data.get("_corrupt"):
+        return data
+    problem = state_problem(data)
+    return {"_corrupt": True, "_why": problem} if problem else data
 
 
 class Store:
@@ -107,8 +145,10 @@ class Store:
         old = self.read_manifest(spec)
         if not old:
             return
-        if old.get("_corrupt"):
-            raise UserError(f"{self.manifest_path(spec)}: manifest is corrupt; move it away to relaunch")
+        problem = "not JSON" if old.get("_corrupt") else manifest_problem(old)
+        if problem:
+            raise UserError(f"{self.manifest_path(spec)}: {problem}: the manifest is corrupt; move it away to "
+                            "relaunch")
         by_dir = {r.rel_dir: r for r in runs}
         differ = []
         for rel, entry in old.get("runs", {}).items():
@@ -151,34 +191,72 @@ class Store:
         for path in sorted((self.meta / "manifests").glob("*.json")):
             if path.stem == spec:
                 continue
-            for rel, entry in ((read_json(path) or {}).get("runs") or {}).items():
+            entries = (read_json(path) or {}).get("runs")
+            for rel, entry in (entries if isinstance(entries, dict) else {}).items():
                 r = by_dir.get(rel)
                 if r is not None and isinstance(entry, dict) and entry.get("run_key") != r.run_key:
                     raise UserError(f"{self.run_dir(r)} is run {entry.get('run_key')} of spec {path.stem!r}, "
                                     f"not {r.run_key}: two specs map to one directory")
 
     @staticmethod
-    def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int) -> dict[str, Any]:
+    def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int,
+                 fail_on_nonfinite_loss: bool = True) -> dict[str, Any]:
         """What run.json holds: identity, resolved config, and how the job should treat it."""
-        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues}
+        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
+                "fail_on_nonfinite_loss": fail_on_nonfinite_loss}
 
-    def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> None:
+    def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> bool:
         """Create the run directory with its run.json. Done by the job when it first
         starts (the launcher hands it the info), so a launch of 10,000 runs writes
-        10,000 fewer files; the manifest already records every config."""
+        10,000 fewer files; the manifest already records every config.
+
+        False (and nothing written) when the directory already holds another run
+        (a different run key): a job never takes over a directory it does not own."""
         d = self.run_dir(rel_dir)
-        if read_json(d / RUN_FILE) == info:
-            return
+        old = read_json(d / RUN_FILE)
+        if old == info:
+            return True
+        if old and not old.get("_corrupt") and old.get("run_key") != info.get("run_key"):
+            return False
         os.makedirs(d, exist_ok=True)
         write_json(d / RUN_FILE, info)
+        return True
+
+    def manifest_runs(self, spec: str) -> dict[str, Any]:
+        """The spec's manifest entries (run dir -> {run_key, ...}); {} when there is none. An entry
+        of the wrong shape stays in (identity checks then report it); a ``runs`` that is not a
+        mapping counts as none."""
+        runs = (self.read_manifest(spec) or {}).get("runs")
+        return runs if isinstance(runs, dict) else {}
+
+    def identity_problem(self, run: Run, manifest: dict[str, Any], info: dict[str, Any] | None) -> str | None:
+        """Why the files in ``run``'s directory are not ``run``'s own, or None when they are.
+
+        ``manifest``: the spec's manifest entries; ``info``: the directory's run.json
+        (None when absent). Files are attributed to a run only when the run key that
+        the directory and the manifest record is the run key of ``run``."""
+        entry = manifest.get(run.rel_dir)
+        if entry is not None:
+            recorded = entry.get("run_key") if isinstance(entry, dict) else None
+            if recorded != run.run_key:
+                return (f"wrong run: the manifest records run {recorded} in {run.rel_dir}, not {run.run_key} "
+                        "(spec changed after launch?)")
+        if info is None:
+            return None
+        if info.get("_corrupt") or not isinstance(info.get("run_key"), str):
+            return f"{RUN_FILE} is corrupt (cannot tell which run wrote this directory)"
+        if info["run_key"] != run.run_key:
+            spec = f" of spec {info['spec']!r}" if info.get("spec") else ""
+            return f"wrong run: this directory holds run {info['run_key']}{spec}, not {run.run_key}"
+        return None
 
     def state(self, run: Run | str) -> dict[str, Any]:
-        return read_json(self.run_dir(run) / STATE_FILE) or {}
+        return read_state(self.run_dir(run) / STATE_FILE) or {}
 
     def update_state(self, run: Run | str, base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the run's state (``base``: the state the caller just read)."""
         path = self.run_dir(run) / STATE_FILE
-        st = dict(base) if base is not None else (read_json(path) or {})
+        st = dict(base) if base is not None else (read_state(path) or {})
         if st.get("_corrupt"):
             st = {}
         st.update(fields, updated_at=time.time())
@@ -188,6 +266,17 @@ class Store:
             os.makedirs(path.parent, exist_ok=True)
             write_json(path, st)
         return st
+
+
+def manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """Where a manifest is not the shape the launcher writes (``runs.<dir>.run_key`` a string)."""
+    runs = manifest.get("runs", {})
+    if not isinstance(runs, dict):
+        return f"runs: must be a mapping of run directories, got {type(runs).__name__}"
+    for rel, entry in runs.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("run_key"), str):
+            return f"runs.{rel}: must be a mapping with a run_key string"
+    return None
 
 
 def human_size(size: int | None) -> str:
@@ -209,7 +298,9 @@ def jobs_path(store: Store, spec: str) -> Path:
 def read_jobs(store: Store, spec: str) -> dict[str, str]:
     """run dir -> job id of its latest submission (one file per spec, so status reads one file)."""
     data = read_json(jobs_path(store, spec))
-    return {} if not data or data.get("_corrupt") else data
+    if not data or data.get("_corrupt"):
+        return {}
+    return {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
 
 
 def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:

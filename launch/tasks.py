@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -59,7 +60,7 @@ def expand(spec: Spec) -> list[Run]:
     assert spec.experiment is not None
     defaults = spec.experiment.defaults()
     runs: list[Run] = []
-    where: dict[str, str] = {}  # rel_dir -> description, to report collisions
+    where: dict[str, tuple[str, str]] = {}  # normalized rel_dir -> (description, rel_dir), for collisions
     group_names: dict[str, dict[str, Any]] = {}
     checked: set[str] = set()
     for gpoint in _points(spec.group_axes):
@@ -87,13 +88,34 @@ def expand(spec: Spec) -> list[Run]:
                 if not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
                     # a value like '../x' or '' would put the run outside the tree root
                     raise SpecError(spec.file, "path", f"{desc} maps to {rel!r}, outside the tree root")
-                if rel in where:
-                    raise SpecError(spec.file, "path", f"template collides: {where[rel]} and {desc} both map "
-                                                       f"to {rel!r}")
-                where[rel] = desc
+                _check_usable(rel, fields, spec, desc)
+                same = _normalized(rel)  # a//b, a/./b and A/b are one directory (the last on some file systems)
+                if same in where:
+                    other, other_rel = where[same]
+                    shown = repr(rel) if rel == other_rel else f"{other_rel!r} and {rel!r} (one directory)"
+                    raise SpecError(spec.file, "path", f"template collides: {other} and {desc} both map to {shown}")
+                where[same] = (desc, rel)
                 runs.append(Run(spec=spec.name, experiment=spec.experiment_name, group=group, task=task,
                                 seed=seed, rel_dir=rel, run_key=key, config=config, params=params))
     return runs
+
+
+def _normalized(rel: str) -> str:
+    """The directory ``rel`` names once the file system has read it: ``a//b`` and ``a/./b`` are
+    ``a/b``; case-folded, because macOS and Windows file systems ignore case."""
+    return posixpath.normpath(rel).casefold()
+
+
+def _check_usable(rel: str, fields: dict[str, Any], spec: Spec, desc: str) -> None:
+    """A NUL byte, a control character or a backslash in a directory name: refused, naming the value."""
+    bad = next((ch for ch in rel if ord(ch) < 32 or ch in "\x7f\\"), None)
+    if bad is None:
+        return
+    culprit = next((k for k, v in fields.items() if isinstance(v, str) and bad in v), None)
+    where = _source(f"{culprit}:", spec) if culprit else "path"
+    value = f" {culprit}={fields[culprit]!r}" if culprit else ""
+    raise SpecError(spec.file, where, f"{desc}:{value} puts the unusable character {bad!r} in the run directory "
+                                      f"{rel!r}")
 
 
 def _format(template: str, fields: dict[str, Any], spec: Spec, key: str) -> str:

@@ -1,8 +1,9 @@
 """``sweep verify``: check that the checkpoints under some paths are intact.
 
 For every ``*.pt`` file: if it has a sidecar (``<file>.json``), its size and
-sha256 must match what was recorded when it was saved; and it must load with
-``weights_only=True``. A sidecar whose checkpoint is gone is reported too.
+sha256 must match what was recorded when it was saved, and the sidecar must
+describe this file (its recorded name; in a run directory, the run key and
+config of the run in ``run.json``); and it must load with ``weights_only=True``. A sidecar whose checkpoint is gone is reported too.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
-from launch.checkpoint import SIDECAR_SUFFIX, load_checkpoint, read_sidecar, sha256_file
+from launch.checkpoint import SIDECAR_SUFFIX, load_checkpoint, read_sidecar, sidecar_mismatch
 from launch.errors import CheckpointError
-from launch.store import human_size
+from launch.store import RUN_FILE, human_size, read_json
 
 OK, MISSING, MISMATCHED, UNLOADABLE, UNVERIFIED = "ok", "missing", "mismatched", "unloadable", "unverified"
 BAD_STATUSES = (MISSING, MISMATCHED, UNLOADABLE)
@@ -121,7 +123,8 @@ def _is_sidecar(path: Path) -> bool:
 
 
 def verify_file(path: Path) -> VerifiedFile:
-    """Size and hash against the sidecar (when there is one), then a safe load."""
+    """Size and hash against the sidecar (when there is one), that the sidecar describes this
+    file of this run, then a safe load."""
     if not path.is_file():
         return VerifiedFile(path, MISSING, "no such file")
     size = path.stat().st_size
@@ -130,22 +133,46 @@ def verify_file(path: Path) -> VerifiedFile:
     except CheckpointError as e:
         return VerifiedFile(path, MISMATCHED, str(e), size)
     if meta is not None:
-        recorded_size, recorded_hash = meta.get("size"), meta.get("sha256")
-        if recorded_size is not None and recorded_size != size:
-            return VerifiedFile(path, MISMATCHED, f"size {size} bytes, sidecar says {recorded_size}", size)
-        if recorded_hash is not None:
-            actual = sha256_file(path)
-            if actual != recorded_hash:
-                return VerifiedFile(path, MISMATCHED,
-                                    f"sha256 {actual[:12]}…, sidecar says {str(recorded_hash)[:12]}…", size)
+        problem = sidecar_mismatch(path, meta) or _not_this_file(path, meta)
+        if problem:
+            return VerifiedFile(path, MISMATCHED, problem, size)
     try:
-        # mmap: verifying must not need the RAM to hold the largest checkpoint.
-        load_checkpoint(path, mmap=True)
+        # mmap: verifying must not need the RAM to hold the largest checkpoint; hashed above already
+        load_checkpoint(path, mmap=True, verify=False)
     except CheckpointError as e:
         return VerifiedFile(path, UNLOADABLE, str(e), size)
     if meta is None:
         return VerifiedFile(path, UNVERIFIED, "loads, but has no sidecar to check it against", size)
     return VerifiedFile(path, OK, "", size)
+
+
+# config fields that may differ between a checkpoint's sidecar and its run (a requeued job can land on
+# another device)
+_FREE_FIELDS = {"device"}
+
+
+def _not_this_file(path: Path, meta: dict[str, Any]) -> str | None:
+    """Why the sidecar ``meta`` does not describe ``path`` — another file's name, or, in a run
+    directory, another run's key or config — or None when it does."""
+    recorded = meta.get("file")
+    if recorded is not None and recorded != path.name:
+        return f"its sidecar describes {recorded!r}, not this file (copied or renamed?)"
+    info = read_json(path.parent / RUN_FILE)
+    if not info or info.get("_corrupt"):
+        return None
+    parent = info.get("parent") if isinstance(info.get("parent"), dict) else {}
+    if parent.get("resume_state") == path.name:  # `sweep resume` copied the parent's state here as is
+        return None
+    key = meta.get("run_key")
+    if key is not None and key != info.get("run_key"):
+        return f"its sidecar records run {key}, this directory holds run {info.get('run_key')}"
+    saved, config = meta.get("config"), info.get("config")
+    if isinstance(saved, dict) and isinstance(config, dict):
+        differ = sorted(k for k in (set(saved) & set(config)) - _FREE_FIELDS if saved[k] != config[k])
+        if differ:
+            shown = ", ".join(f"{k} {saved[k]!r} (run: {config[k]!r})" for k in differ[:3])
+            return f"its sidecar records another config than this run's: {shown}"
+    return None
 
 
 def format_report(report: VerifyReport) -> str:

@@ -40,15 +40,17 @@ def parse_numbers(raw: tuple[str, ...], vocab_n: int, max_k: int, no_dup: bool) 
 @click.command("sort", context_settings={"ignore_unknown_options": True})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("numbers", nargs=-1, required=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
 def sort_command(checkpoint: str, numbers: tuple[str, ...], device: str) -> None:
     """Sort NUMBERS with the model in CHECKPOINT (greedy, free-running) and say
     whether it got them right. NUMBERS: distinct integers in 0..vocab_n-1, at most
     max(train_max_k, test_max_k) of them."""
     import torch
 
+    from launch.device import resolve_device
     from sortgpt.train import greedy_sort, load_model
 
+    device = resolve_device(device)  # an unknown or absent device: one line, before any load
     model, config = load_model(checkpoint, device)
     vocab_n = model.config.vocab_size - 1
     max_k = (model.config.max_seq_len - 1) // 2

@@ -168,6 +168,111 @@ def launch_unknown_resource(tmp: Path) -> list[str]:
             "--cluster", "local"]
 
 
+@case("spec.yaml: fixed.max_lr: must be a finite number, got inf")
+def launch_infinite_learning_rate(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "max_iters: 20", "max_iters: 20, max_lr: .inf"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("spec.yaml: axes[0].values[1]: must be a finite number, got nan")
+def launch_nan_axis_value(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 'y{y}/seed{seed}'\naxes:\n  - {y: [0.5, .nan]}\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: fixed.lengths[1]: must be a finite number, got -inf")
+def launch_infinite_list_element(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 's{seed}'\nfixed: {lengths: [1, -.inf]}\naxes: []\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: fixed.lengths[1]: elements of lengths must be an integer, got a string 'two'")
+def launch_list_element_of_the_wrong_type(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 's{seed}'\nfixed: {lengths: [1, two]}\naxes: []\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
+@case("spec.yaml: resources.mem_gb: must be a finite number, got nan")
+def launch_nan_memory_in_the_spec(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\nresources: {mem_gb: .nan}"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("Invalid value for '--mem': 'nan' is not a finite number")
+def launch_nan_memory_flag(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp), "--cluster", "slurm", "--root", "tree", "--mem", "nan", "--dry-run"]
+
+
+@case("Invalid value for '--lr': 'inf' is not a finite number")
+def resume_infinite_lr(tmp: Path) -> list[str]:
+    return ["resume", run_dir(tmp), "--steps", "10", "--lr", "inf"]
+
+
+@case("spec.yaml: gates.gate3_acc: must be a number, got a string 'high'")
+def launch_gate_threshold_not_a_number(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\ngates: {gate3_acc: high}"), "--cluster", "local",
+            "--root", "tree"]
+
+
+@case("spec.yaml: axes: the grid has 1,000,000,000 runs (1000 × 1000 × 1000 × 1 seeds), more than max_runs=1,000,000")
+def launch_grid_too_large(tmp: Path) -> list[str]:
+    axes = "".join(f"  - {{{name}: [{', '.join(map(str, range(1000)))}]}}\n" for name in ("x", "steps", "fail_at_step"))
+    return ["launch", spec(tmp, f"experiment: noop\npath: '{{x}}/{{steps}}/{{fail_at_step}}/s{{seed}}'\naxes:\n{axes}"),
+            "--cluster", "local", "--root", "tree", "--dry-run"]
+
+
+def noop_spec(tmp: Path, path: str, axis: str) -> str:
+    return spec(tmp, f"experiment: noop\npath: '{path}'\naxes:\n  - {axis}\n")
+
+
+@case("spec.yaml: path: template field {label.__class__} is not allowed: use a plain {name}")
+def launch_template_attribute_access(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label.__class__}/s{seed}", "{label: [a]}"), "--cluster", "local"]
+
+
+@case("spec.yaml: path: template field {lengths[0]} is not allowed")
+def launch_template_index_access(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{lengths[0]}/s{seed}", "{label: [a]}"), "--cluster", "local"]
+
+
+@case("path: template collides: group spec task 0 seed 0 and group spec task 1 seed 0 both map to 'x/a/b/s0' and "
+      "'x/a//b/s0' (one directory)")
+def launch_paths_equal_after_normalisation(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "x/{label}/s{seed}", "{label: [a/b, a//b]}"), "--cluster", "local"]
+
+
+@case("both map to 'x/./a/s0' and 'x/a/s0' (one directory)")
+def launch_paths_equal_after_dot_removal(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "x/{label}/s{seed}", "{label: [./a, a]}"), "--cluster", "local"]
+
+
+@case("both map to 'Run/s0' and 'run/s0' (one directory)")
+def launch_paths_equal_but_for_case(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label}/s{seed}", "{label: [Run, run]}"), "--cluster", "local"]
+
+
+@case("spec.yaml: axes[0]: group spec task 1 seed 0: label='a\\x00b' puts the unusable character '\\x00'")
+def launch_nul_in_a_path_value(tmp: Path) -> list[str]:
+    return ["launch", noop_spec(tmp, "{label}/s{seed}", '{label: [a, "a\\0b"]}'), "--cluster", "local"]
+
+
+def manifest(tmp: Path, content: str) -> None:
+    (tmp / "tree" / ".sweep" / "manifests").mkdir(parents=True)
+    (tmp / "tree" / ".sweep" / "manifests" / "spec.json").write_text(content)
+
+
+@case("tree/.sweep/manifests/spec.json: runs.x/s1: must be a mapping with a run_key string: the manifest is corrupt")
+def launch_manifest_entry_of_the_wrong_shape(tmp: Path) -> list[str]:
+    manifest(tmp, json.dumps({"runs": {"x/s1": ["abc"]}}))
+    return ["launch", noop_spec(tmp, "x/s{seed}", "{label: [a]}"), "--cluster", "local", "--root", "tree"]
+
+
+@case("tree/.sweep/manifests/spec.json: not JSON: the manifest is corrupt")
+def launch_manifest_not_json(tmp: Path) -> list[str]:
+    manifest(tmp, '{"runs": {"x/s1": ')
+    return ["launch", noop_spec(tmp, "x/s{seed}", "{label: [a]}"), "--cluster", "local", "--root", "tree"]
+
+
 @case("pack: must be a positive integer or 'auto', got 0")
 def launch_pack_zero(tmp: Path) -> list[str]:
     return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\npack: 0\n"), "--cluster", "local"]
@@ -312,6 +417,71 @@ def sort_checkpoint_of_another_model(tmp: Path) -> list[str]:
     return ["sort", "model.pt", "3", "1"]
 
 
+@case("refusing checkpoint model.pt: its sha256 is")
+def sort_checkpoint_changed_after_save(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    weights = torch.arange(8, dtype=torch.float32)
+    save_checkpoint({"model": {"w": weights}}, tmp / "model.pt")
+    data = (tmp / "model.pt").read_bytes()
+    at = data.index(weights.numpy().tobytes())  # one bit of a weight: same size, still unpickles
+    (tmp / "model.pt").write_bytes(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+    return ["sort", "model.pt", "3", "1"]
+
+
+@case("refusing checkpoint model.pt: its sha256 is")
+def answer_checkpoint_changed_after_save(tmp: Path) -> list[str]:
+    sort_checkpoint_changed_after_save(tmp)
+    return ["answer", "model.pt", "Is Tom a wumpus?"]
+
+
+@case("refusing checkpoint model.pt: it is 100 bytes, its sidecar records")
+def sort_checkpoint_truncated_after_save(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / "model.pt")
+    (tmp / "model.pt").write_bytes((tmp / "model.pt").read_bytes()[:100])
+    return ["sort", "model.pt", "3", "1"]
+
+
+@case("unknown device 'tpu': use auto, cpu, cuda or cuda:N")
+def sort_on_an_unknown_device(tmp: Path) -> list[str]:
+    checkpoint(tmp)
+    return ["sort", "model.pt", "3", "1", "--device", "tpu"]
+
+
+@case("no GPU is visible")
+def sort_on_an_absent_gpu(tmp: Path) -> list[str]:
+    checkpoint(tmp)
+    return ["sort", "model.pt", "3", "1", "--device", "cuda:7"]
+
+
+def coconut_results(tmp: Path, corruption: str) -> list[str]:
+    """A results table of one coconut run and its corruption.json (as `sweep gates` reads them)."""
+    import pandas as pd
+
+    pd.DataFrame({"feedback_mode": ["continuous"], "split": ["val"], "step": [1], "run_dir": ["r"],
+                  "accuracy": [0.5], "loss": [1.0], "stage": [0]}).to_parquet(tmp / "r.parquet")
+    (tmp / "r").mkdir()
+    (tmp / "r" / "corruption.json").write_text(corruption)
+    return ["gates", "r.parquet", "--root", "."]
+
+
+@case("r/corruption.json: not a JSON file")
+def gates_malformed_corruption_json(tmp: Path) -> list[str]:
+    return coconut_results(tmp, '{"drop": 0.1')
+
+
+@case("r/corruption.json: drop: must be a finite number, got 'big'")
+def gates_corruption_drop_not_a_number(tmp: Path) -> list[str]:
+    return coconut_results(tmp, '{"drop": "big"}')
+
+
+@case("Invalid value for '--gate3-acc': 'nan' is not a finite number")
+def gates_nan_threshold_flag(tmp: Path) -> list[str]:
+    return [*coconut_results(tmp, '{"drop": 0.1}'), "--gate3-acc", "nan"]
+
+
 # -- `sweep verify`: a bad argument is exit 2; bad files are exit 1 with the report ----------
 
 @case("Path 'gone' does not exist")
@@ -345,6 +515,36 @@ def verify_checkpoint_changed_after_save(tmp: Path) -> list[str]:
     save_checkpoint({"model": {"w": torch.zeros(8)}}, path)
     torch.save({"model": {"w": torch.ones(8)}}, path)  # same size, other bytes: only the hash tells
     return ["verify", "model.pt"]
+
+
+@case("its sidecar describes 'other.pt', not this file", code=1)
+def verify_sidecar_of_another_file(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / "other.pt")
+    (tmp / "model.pt").write_bytes((tmp / "other.pt").read_bytes())  # copied with the sidecar, renamed
+    (tmp / "model.pt.json").write_text((tmp / "other.pt.json").read_text())
+    (tmp / "other.pt").unlink()
+    (tmp / "other.pt.json").unlink()
+    return ["verify", "model.pt"]
+
+
+@case("its sidecar records run 0123456789ab, this directory holds run abc", code=1)
+def verify_checkpoint_of_another_run(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    name = run_dir(tmp, experiment="noop")
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / name / "model.pt", sidecar={"run_key": "0123456789ab"})
+    return ["verify", name]
+
+
+@case("its sidecar records another config than this run's: steps 5 (run: 1)", code=1)
+def verify_checkpoint_of_another_config(tmp: Path) -> list[str]:
+    from launch.checkpoint import save_checkpoint
+
+    name = run_dir(tmp, experiment="noop")
+    save_checkpoint({"model": {"w": torch.zeros(8)}}, tmp / name / "model.pt", sidecar={"config": {"steps": 5}})
+    return ["verify", name]
 
 
 # -- results files to `sweep plot` / `sweep summary` --------------------------------------------

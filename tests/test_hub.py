@@ -130,3 +130,40 @@ def test_hub_errors_are_one_line_and_leave_nothing(base: Path, tmp_path: Path) -
               check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: upload to someone/not-here failed")
     assert json.loads((base / "tree" / RUN / "state.json").read_text())["state"] == "completed"
+
+
+def test_a_damaged_download_is_refused_and_nothing_is_kept(base: Path, tmp_path: Path) -> None:
+    """Issue 11: download checks every checkpoint against its sidecar's sha256 before keeping any."""
+    repo = tmp_path / "repo"
+    sweep("upload", "spec.yaml", "--root", "tree", "--repo", str(repo), cwd=base)
+    final = next(repo.glob(f"{RUN}/Final_*.pt"))
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, same size: only the hash tells
+    final.write_bytes(bytes(data))
+    before = tree_snapshot(tmp_path)
+    p = sweep("download", "--repo", str(repo), "--to", tmp_path / "down", check=False)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{RUN}/Final_" in lines[0] and "sha256" in lines[0] and "nothing was kept" in lines[0]
+    assert tree_snapshot(tmp_path) == before
+
+
+def test_symlinks_out_of_the_tree_are_never_published_or_downloaded(base: Path, tmp_path: Path) -> None:
+    """Issue 11: a link in a run directory to a file outside it (a system file) is not uploaded, and a
+    source folder's link out of itself is not downloaded; a tree whose root is itself a symlink works."""
+    secret = tmp_path / "secret.pt"
+    secret.write_text("not for the world")
+    link = base / "tree" / RUN / "leak.pt"
+    link.symlink_to(secret)
+    linked_root = tmp_path / "linked-tree"
+    linked_root.symlink_to(base / "tree")  # the common HPC setup: the tree root is a link to scratch
+    try:
+        repo = tmp_path / "repo"
+        out = sweep("upload", base / "spec.yaml", "--root", linked_root, "--repo", str(repo)).stdout
+        assert "uploaded 9 files" in out and not (repo / RUN / "leak.pt").exists()
+        (repo / RUN / "leak2.pt").symlink_to(secret)
+        down = tmp_path / "down"
+        sweep("download", "--repo", str(repo), "--to", down)
+        assert not (down / RUN / "leak2.pt").exists() and (down / RUN / "metrics.jsonl").exists()
+    finally:
+        link.unlink()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from launch.checkpoint import load_checkpoint, resume_state_path, save_checkpoint
+from launch.errors import CheckpointError
 from launch.verify import verify_command, verify_paths
 
 
@@ -46,7 +48,9 @@ def test_one_modified_byte_fails(tmp_path: Path) -> None:
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the tensor data: the file still loads, only the hash can tell
     victim.write_bytes(bytes(data))
-    assert load_checkpoint(victim)["step"] == 200
+    assert load_checkpoint(victim, verify=False)["step"] == 200  # unpickles fine: only the hash can tell
+    with pytest.raises(CheckpointError, match="its sha256 is .* its sidecar records"):
+        load_checkpoint(victim)  # and every load checks it (issue 11)
 
     report = verify_paths([tmp_path])
     assert [f.path for f in report.mismatched] == [victim]
