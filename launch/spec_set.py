@@ -28,7 +28,7 @@ from typing import Any
 from launch.errors import SpecError
 from launch.experiment import Experiment
 from launch.spec import Spec, parse_spec, read_spec_file
-from launch.tasks import Run, expand
+from launch.tasks import Run, _normalized, expand
 
 COMPOSITE_KEYS = {"include", "name", "description"}
 
@@ -156,14 +156,17 @@ def _check_parts(f: str, parts: list[Spec]) -> None:
 
 
 def expand_set(sset: SpecSet) -> list[Run]:
-    """Every part's runs, in part order; two parts that map to one run directory are an error."""
+    """Every part's runs, in part order; two parts that map to one run directory are an error (one
+    after normalisation too: ``a//b``, ``a/./b`` and ``A/b`` are ``a/b``, as within a spec)."""
     runs: list[Run] = []
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, str]] = {}  # normalized rel_dir -> (part name, rel_dir)
     for part in sset.parts:
         for r in expand(part):
-            if r.rel_dir in owner:
-                raise SpecError(sset.file, "include", f"{owner[r.rel_dir]} and {part.name} both map a run to "
-                                                      f"{r.rel_dir!r}")
-            owner[r.rel_dir] = part.name
+            same = _normalized(r.rel_dir)
+            if same in owner:
+                other, other_rel = owner[same]
+                shown = repr(r.rel_dir) if r.rel_dir == other_rel else f"{other_rel!r} and {r.rel_dir!r} (one directory)"
+                raise SpecError(sset.file, "include", f"{other} and {part.name} both map a run to {shown}")
+            owner[same] = (part.name, r.rel_dir)
             runs.append(r)
     return runs

@@ -187,6 +187,13 @@ BAD = {
     "extra key": ("include: [a.yaml]\nfixed: {steps: 3}", "both.yaml: fixed: ", "a composite spec takes only"),
     "empty include": ("include: []", "both.yaml: include: ", "must be a non-empty list"),
     "part is not a spec": ("include: [a.yaml, nonsense.yaml]", "nonsense.yaml: ", "unknown key"),
+    # issue 11's checks hold per part, and across parts where they concern one tree
+    "same directory after normalisation": ("include: [a.yaml, dircase.yaml]", "both.yaml: include: ",
+                                           "'a/a_g0/task_0000/seed1' and 'A/a_g0/task_0000/seed1' (one directory)"),
+    "part over its max_runs": ("include: [a.yaml, big.yaml]", "big.yaml: axes: ", "more than max_runs=4"),
+    "non-finite value in a part": ("include: [a.yaml, nan.yaml]", "nan.yaml: fixed.y: ", "must be a finite number"),
+    "max_runs on the composite": ("include: [a.yaml]\nmax_runs: 100", "both.yaml: max_runs: ",
+                                  "set 'max_runs' in its parts"),
 }
 
 
@@ -205,6 +212,11 @@ def test_bad_composite_is_one_line_and_writes_nothing(tmp_path: Path, case: str)
     (tmp_path / "a2.yaml").write_text(a.replace("a/{group}", "a2/{group}"))
     (tmp_path / "dir.yaml").write_text(a.replace("name: a", "name: d"))
     (tmp_path / "nonsense.yaml").write_text(a.replace("name: a", "name: n\nbogus: 1"))
+    (tmp_path / "dircase.yaml").write_text(a.replace("name: a", "name: d").replace('"a/{group}', '"A/{group}'))
+    (tmp_path / "big.yaml").write_text(a.replace("name: a", "name: g").replace("a/{group}", "g/{group}")
+                                       + "max_runs: 4\n")
+    (tmp_path / "nan.yaml").write_text(a.replace("name: a", "name: m").replace("a/{group}", "m/{group}")
+                                       .replace("y: 0.0", "y: .nan"))
     (tmp_path / "both.yaml").write_text(text + "\n")
     before = tree_snapshot(tmp_path)
     for args in (["launch", "both.yaml", "--cluster", "local", "--root", "tree"],
@@ -235,3 +247,60 @@ def test_verify_takes_a_composite(tmp_path: Path):
              what="the x=0 runs")
     out = sweep("verify", composite, "--root", root).stdout
     assert "verify passed" in out
+
+
+# -- composites and issue 11's identity checks -------------------------------------------
+
+
+def test_composite_status_and_collect_attribute_by_each_parts_manifest(tmp_path: Path):
+    composite = write_parts(tmp_path)
+    root = tmp_path / "tree"
+    sweep("launch", composite, "--cluster", "local", "--root", root, "--only", "x=0")
+    wait_for(lambda: counts_of(composite, root)["counts"]["both"]["completed"] == 8, timeout=120,
+             what="the x=0 runs")
+    # part b edited after launch: its launched directories now hold other runs than it names there
+    (tmp_path / "b.yaml").write_text((tmp_path / "b.yaml").read_text().replace("y: 1.0", "y: 2.0"))
+
+    status = json.loads(sweep("status", composite, "--root", root, "--json", "-v", "--no-scheduler").stdout)
+    assert {k: v["completed"] for k, v in status["parts"]["both"].items()} == {"a": 4, "b": 0}
+    wrong = [r for r in status["runs"] if r["state"] == "failed"]
+    assert {r["spec"] for r in wrong} == {"b"} and len(wrong) == 4
+    # found through part b's own manifest (.sweep/manifests/b.json), not only through run.json
+    assert all(r["reason"].startswith("wrong run: the manifest records run") for r in wrong), wrong
+
+    out = tmp_path / "both.parquet"
+    p = sweep("collect", composite, "--root", root, "-o", out, check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("not merged: wrong run: the manifest records run") == 4, p.stderr
+    assert "from 4 of 16 runs" in p.stdout
+    table = pd.read_parquet(out)
+    assert set(table.spec) == {"a"} and table.run_key.nunique() == 4
+    # part a alone is whole
+    sweep("collect", composite, "--root", root, "--only", "spec=a", "-o", tmp_path / "a.parquet")
+
+
+def test_verify_of_a_composite_checks_that_each_sidecar_is_its_runs(tmp_path: Path):
+    import torch
+
+    from launch.checkpoint import save_checkpoint
+
+    composite = write_parts(tmp_path)
+    root = tmp_path / "tree"
+    sweep("launch", composite, "--cluster", "local", "--root", root, "--only", "x=0,label=a,seed=1")
+    wait_for(lambda: counts_of(composite, root)["counts"]["both"]["completed"] == 2, timeout=120,
+             what="one run of each part")
+    run_a, run_b = root / "a/a_g0/task_0000/seed1", root / "b/b_g0/task_0000/seed1"
+    for d in (run_a, run_b):
+        config = json.loads((d / "run.json").read_text())["config"]
+        save_checkpoint({"model": {"w": torch.ones(4)}}, d / "Final.pt", sidecar={"config": config})
+    out = sweep("verify", composite, "--root", root).stdout
+    assert "verify passed" in out
+
+    # part a's checkpoint with its sidecar copied over part b's: hashes match, the identity does not
+    for name in ("Final.pt", "Final.pt.json"):
+        (run_b / name).write_bytes((run_a / name).read_bytes())
+    p = sweep("verify", composite, "--root", root, check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    bad = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("mismatched")]
+    assert len(bad) == 1 and "b/b_g0/task_0000/seed1/Final.pt" in bad[0], p.stdout
+    assert "its sidecar records run" in bad[0] and "this directory holds run" in bad[0], bad[0]
