@@ -4,6 +4,7 @@ and every command that takes a spec takes one."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -66,8 +67,15 @@ def test_len_gen_expands_exactly_as_its_four_parts(monkeypatch: pytest.MonkeyPat
 
 def test_len_gen_dry_run_is_one_plan_and_writes_nothing(tmp_path: Path):
     root = tmp_path / "tree"
+    # the plan depends on the cluster's MaxArraySize: SLURM's default here, whether or not a local
+    # SLURM (MaxArraySize 5, started by the SLURM tests) is up on this machine
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 'MaxArraySize            = 1001'\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = sweep("launch", "sweeps/len_gen.yaml", "--cluster", "slurm", "--root", root, "--dry-run",
-                cwd=REPO).stdout
+                cwd=REPO, env=env).stdout
     assert out.startswith("spec len_gen (sweeps/len_gen.yaml): composite of 4 specs, experiment sortgpt, 504 runs")
     for name, n in zip(LEN_GEN_PARTS, (168, 168, 84, 84)):
         assert f"part {name} (sweeps/{name}.yaml): {n} runs in 7 groups, {n} to submit" in out
@@ -77,7 +85,7 @@ def test_len_gen_dry_run_is_one_plan_and_writes_nothing(tmp_path: Path):
     assert not root.exists()
 
     out = sweep("launch", "sweeps/len_gen.yaml", "--cluster", "slurm", "--root", root, "--dry-run",
-                "--only", "use_layernorm=false", cwd=REPO).stdout
+                "--only", "use_layernorm=false", cwd=REPO, env=env).stdout
     assert "would submit 252 runs" in out and "part len_gen_dynamic_ln" not in out
     assert "part len_gen_fixed_no_ln (sweeps/len_gen_fixed_no_ln.yaml): 84 runs" in out
 
@@ -160,13 +168,21 @@ def test_renumbering_a_part_is_refused_through_the_composite(tmp_path: Path):
     wait_for(lambda: done(tmp_path / "a.yaml", root), timeout=120, what="part a")
     # a value inserted before the launched ones renumbers the tasks of part a
     (tmp_path / "a.yaml").write_text((tmp_path / "a.yaml").read_text().replace("[a, b]", "[c, a, b]"))
-    before = tree_snapshot(tmp_path)
+    # (the first launch's workers may still be writing their submitit logs as they exit:
+    # compare everything else, and that no new local job was started; as in test_local)
+    workers = root / ".sweep" / "submitit-local"
+
+    def snapshot() -> tuple[dict, set[str]]:
+        files = {k: v for k, v in tree_snapshot(tmp_path).items() if not k.startswith("tree/.sweep/submitit-local/")}
+        return files, {d.name for d in workers.iterdir()}
+
+    before = snapshot()
     for extra in (["--dry-run"], []):
         p = sweep("launch", composite, "--cluster", "local", "--root", root, *extra, check=False)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1, p.stderr
         assert "spec a would change runs already launched" in lines[0]
-    assert tree_snapshot(tmp_path) == before
+    assert snapshot() == before
 
 
 # -- bad composites: one line, exit 2, nothing written -----------------------------------
