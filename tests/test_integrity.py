@@ -294,12 +294,14 @@ def test_a_launch_on_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path: 
         subprocess.run(["umount", str(root)])
 
 
+# max_iters 6000 (~30 s on one core): the requeue's SIGKILL comes KillWait (5 s, local-slurm.sh) after its
+# SIGTERM, which submitit bypasses; at 2000 iterations a fast core finished the run before it came
 SLURM_SPEC = """
 experiment: sortgpt
 group: "flip"
 path: "{group}/task_{task:04d}/seed{seed}"
 fixed: {vocab_n: 16, n_embd: 16, n_layers: 1, use_mlp: true, train_min_k: 2, train_max_k: 4, test_min_k: 5,
-        test_max_k: 6, max_iters: 2000, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
+        test_max_k: 6, max_iters: 6000, batch_size: 16, max_lr: 3.0e-3, min_lr: 1.0e-5, warmup_iters: 10,
         eval_every: 500, eval_samples: 20, checkpoint_iter: 1001, save_every: 100, keep_resume: 2, device: cpu}
 axes:
   - {length_mode: [mix]}
