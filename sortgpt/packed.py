@@ -441,6 +441,20 @@ class Pack:
         self.optimizer.exp_avg_sq = torch.stack([v for _, v, _ in moments])
         self.optimizer.steps = [s for _, _, s in moments]
 
+    @classmethod
+    def for_evaluation(cls, runs: list[PackedRun], device: torch.device) -> Pack:
+        """A pack that only evaluates (``sweep evaluate``): the runs' weights as one
+        matrix, no optimizer; ``runs`` need cfg, ctx (with log and run_dir), model, step."""
+        pack = cls.__new__(cls)
+        first = runs[0].model
+        pack.runs, pack.device, pack.config = runs, device, first.config
+        pack.layout = Layout(first)
+        pack.pad = first.config.vocab_size - 1  # SEP
+        pack.max_chunk_tokens = MAX_CHUNK_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+        pack.trunk = packed_trunk
+        pack.weights = torch.stack([pack.layout.flatten(r.model) for r in runs]).to(device)
+        return pack
+
     def _group_of_column(self, run: PackedRun) -> torch.Tensor:
         group_of = {p: g for g, group in enumerate(run.optimizer.param_groups) for p in group["params"]}
         return torch.cat([torch.full((size,), group_of[p], dtype=torch.long, device=self.device)
