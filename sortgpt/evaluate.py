@@ -207,10 +207,11 @@ def reference_overwrite_notes(models: list[Model], tree: Path) -> list[str]:
         logged = wandb_seeds(task_dir)
         gone = sorted(logged - present)
         if gone:
+            lost = (f"seed {gone[0]} was" if len(gone) == 1 else f"seeds {', '.join(map(str, gone))} were")
             notes.append(f"{_rel(task_dir, tree)}: W&B logged runs of seeds {', '.join(map(str, sorted(logged)))} "
                          f"but the checkpoints left are of seed{'s' if len(present) > 1 else ''} "
-                         f"{', '.join(map(str, sorted(present))) or 'unknown'}: seeds {', '.join(map(str, gone))} "
-                         "were overwritten (same file names); not evaluated")
+                         f"{', '.join(map(str, sorted(present))) or 'unknown'}: {lost} overwritten (same file "
+                         "names); not evaluated")
         by_name: dict[str, set[Any]] = defaultdict(set)
         for m in members:
             by_name[re.sub(r"^(Checkpoint|Final)_|_iters\d+\.pt$", "", m.path.name)].add(m.config.get("seed"))

@@ -133,7 +133,7 @@ def test_a_sort_llm_tree_evaluates_reports_overwritten_seeds_and_feeds_summary_a
     result = evaluate(root, "-o", out)
     assert result.exit_code == 0, result.output
     assert ("note: len_gen_k3/task_0000: W&B logged runs of seeds 1337, 2337, 3337 but the checkpoints left are "
-            "of seeds 2337, 3337: seeds 1337 were overwritten") in result.output
+            "of seeds 2337, 3337: seed 1337 was overwritten (same file names); not evaluated") in result.output
     assert "its Checkpoint_ and Final_ files are of different seeds (2337, 3337)" in result.output
     assert "no train_config: configuration read from the file name; the seed is unknown" in result.output
     table = pd.read_parquet(out)
