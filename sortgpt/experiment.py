@@ -7,7 +7,6 @@ from typing import Any
 from launch.experiment import RunContext
 
 LENGTH_MODES = ("mix", "curriculum")
-DATA_STREAMS = ("separate", "reference")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -26,7 +25,6 @@ class SortGPTExperiment:
             "eval_every": 250, "eval_samples": 100, "checkpoint_iter": 20001,
             "save_every": 1000, "keep_resume": 2, "save_best": False,
             "seed": 1337, "device": "auto",
-            "data_stream": "separate",  # or "reference": K, data and evaluation from torch's global RNG
         }
 
     def check(self, config: dict[str, Any]) -> list[str]:
@@ -45,8 +43,6 @@ class SortGPTExperiment:
             problems.append(f"n_embd: {c['n_embd']} is not divisible by n_heads={c['n_heads']}")
         if c["length_mode"] not in LENGTH_MODES:
             problems.append(f"length_mode: must be one of {', '.join(LENGTH_MODES)}, got {c['length_mode']!r}")
-        if c.get("data_stream", "separate") not in DATA_STREAMS:
-            problems.append(f"data_stream: must be one of {', '.join(DATA_STREAMS)}, got {c['data_stream']!r}")
         if c["device"] not in DEVICES:
             problems.append(f"device: must be one of {', '.join(DEVICES)}, got {c['device']!r}")
         for lo, hi in (("train_min_k", "train_max_k"), ("test_min_k", "test_max_k")):
@@ -101,8 +97,6 @@ class SortGPTExperiment:
         return PACK_SIZE_AUTO
 
     def pack_key(self, config: dict[str, Any]) -> Any:
-        if config.get("data_stream", "separate") == "reference":
-            return None  # one global stream per process: never packed
         from sortgpt.packed import pack_key
 
         return pack_key(config)

@@ -697,8 +697,6 @@ def train_pack(configs: Sequence[dict[str, Any]], ctxs: Sequence[RunContext],
     of :data:`COMPILE_MODES`, or None for the environment's SORTGPT_COMPILE."""
     if len(configs) != len(ctxs):
         raise ValueError(f"{len(configs)} configs but {len(ctxs)} run contexts")
-    if any(single.reference_stream(c) for c in configs):
-        raise ValueError("data_stream 'reference' runs draw from torch's global RNG and cannot be packed")
     keys = {pack_key(c) for c in configs}
     if len(keys) != 1:
         raise ValueError(f"runs of different architectures cannot be packed: {len(keys)} pack keys")

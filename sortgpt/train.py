@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -129,39 +128,6 @@ def generator_for(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
-# -- data_stream: "reference" -------------------------------------------------------
-# The reference (sort-llm) draws everything from torch's global generators: K from the
-# CPU one, training batches and evaluation lists from the device's one (the CPU one on a
-# CPU), in the order the loop uses them. For run-for-run comparisons with its runs;
-# "separate" (the default) keeps K, data and evaluation apart, which is what makes
-# packing exact, so reference-stream runs are never packed.
-
-def reference_stream(cfg: dict[str, Any]) -> bool:
-    return cfg.get("data_stream", "separate") == "reference"
-
-
-def global_generator(device: torch.device) -> torch.Generator:
-    if device.type == "cuda":
-        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    return torch.default_generator
-
-
-def reference_init(cfg: dict[str, Any]) -> GPT:
-    """The model as the reference initialises it after ``torch.manual_seed(seed)``. Its
-    GPT always builds (and initialises) a positional table of 2·test_max_k+1 rows and
-    zeroes it for NoPE models; that consumes draws ours does not, so a NoPE model is
-    built with the table and then without it (same weights, global RNG left where the
-    reference leaves it)."""
-    config = model_config(cfg)
-    if not config.no_pos_emb:
-        return GPT(config)
-    with_table = GPT(replace(config, no_pos_emb=False, max_seq_len=2 * int(cfg["test_max_k"]) + 1))
-    with torch.random.fork_rng(devices=[]):
-        model = GPT(config)
-    model.load_state_dict({k: v for k, v in with_table.state_dict().items() if k != "wpe.weight"})
-    return model
-
-
 def prediction_metrics(logits: torch.Tensor, batch: torch.Tensor, k: int) -> dict[str, float]:
     """Teacher-forced metrics from the K scored logits (B, K, V) of a batch."""
     targets = sorted_targets(batch, k)
@@ -214,8 +180,7 @@ def log_evaluation(model: GPT, cfg: dict[str, Any], ctx: RunContext, step: int, 
     (seed, step) so it never touches the training streams and a resumed run
     evaluates on exactly the lists the uninterrupted one did."""
     offset = AR_SEED_OFFSET if autoregressive else EVAL_SEED_OFFSET
-    generator = (global_generator(device) if reference_stream(cfg)
-                 else generator_for(device, int(cfg["seed"]) * 7_919 + offset + step))
+    generator = generator_for(device, int(cfg["seed"]) * 7_919 + offset + step)
     evaluate = evaluate_autoregressive if autoregressive else evaluate_teacher_forced
     suffix = "_ar" if autoregressive else ""
     in_dist, out_of_dist = eval_ks(cfg)
@@ -338,14 +303,10 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     # Model init draws from the global RNG; data and K have their own generators so
     # that nothing else (evaluation, a library) can shift the training stream.
     torch.manual_seed(seed)
-    if reference_stream(cfg):  # one global stream, as the reference (see reference_init)
-        model = reference_init(cfg).to(device)
-        data_generator, k_generator = global_generator(device), torch.default_generator
-    else:
-        model = GPT(model_config(cfg)).to(device)
-        data_generator = generator_for(device, seed)
-        k_generator = generator_for(torch.device("cpu"), seed + K_SEED_OFFSET)
+    model = GPT(model_config(cfg)).to(device)
     optimizer = make_optimizer(model, cfg, device)
+    data_generator = generator_for(device, seed)
+    k_generator = generator_for(torch.device("cpu"), seed + K_SEED_OFFSET)
     generators = {"data": data_generator, "k": k_generator}
     step = 0  # iterations done
     best = new_best()
