@@ -217,3 +217,37 @@ def _typed(value: str, column: pd.Series, name: str) -> object:
             raise UserError(f"--only: {name} is a number, not {value!r}") from None
         return int(number) if number.is_integer() and pd.api.types.is_integer_dtype(column) else number
     return value
+
+
+# -- the reference's last evaluation step ------------------------------------------------
+
+def last_eval_step(max_iters: int, eval_every: int) -> int:
+    """The step of the reference's last evaluation: it evaluates after iteration ``itr``
+    when ``itr % eval_every == 0`` and logs it as step ``itr + 1``, and adds none at the
+    end (sweep adds one at max_iters). 40000 iterations, every 250: step 39751."""
+    return (int(max_iters) - 1) // int(eval_every) * int(eval_every) + 1
+
+
+def at_last_eval(rows: pd.DataFrame, splits: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]]:
+    """The records of ``splits`` at each run's :func:`last_eval_step` (from its config's
+    max_iters and eval_every), and notes about runs that have none there."""
+    for name in ("max_iters", "eval_every"):
+        if name not in rows.columns:
+            raise UserError(f"--at-step last-eval: the results have no {name!r} column (needed to find the "
+                            "reference's last evaluation step)")
+    evals = rows[rows["split"].isin(splits)]
+    target = [last_eval_step(m, e) if pd.notna(m) and pd.notna(e) else -1
+              for m, e in zip(evals["max_iters"], evals["eval_every"], strict=True)]
+    chosen = evals[evals["step"].to_numpy() == pd.Series(target, index=evals.index).to_numpy()]
+    if chosen.empty:
+        raise UserError(f"--at-step last-eval: no run has {'/'.join(splits)} records at the reference's last "
+                        "evaluation step ((max_iters-1)//eval_every*eval_every+1); a table of final checkpoints "
+                        "only (sweep evaluate) has none")
+    notes = []
+    for run_key in sorted(set(evals["run_key"]) - set(chosen["run_key"])):
+        run = evals[evals["run_key"] == run_key].iloc[0]
+        steps = sorted(evals.loc[evals["run_key"] == run_key, "step"].unique())
+        notes.append(f"{run['run_dir']}: no {'/'.join(splits)} record at the reference's last evaluation step "
+                     f"{last_eval_step(run['max_iters'], run['eval_every'])} (it has steps "
+                     f"{', '.join(map(str, steps[-5:]))}); left out")
+    return chosen, notes

@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from analysis.load import at_step, metric_column, run_table
+from analysis.load import at_last_eval, at_step, metric_column, run_table
 
 ARCH_COLUMNS = ["n_layers", "use_mlp", "use_layernorm"]
 CONFIG_ORDER = ["fixed", "mix", "curriculum"]
@@ -40,9 +40,18 @@ def cell_columns(rows: pd.DataFrame) -> list[str]:
 
 # -- sortgpt -------------------------------------------------------------------------
 
-def sortgpt_run_scores(rows: pd.DataFrame, step: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+def sortgpt_evals(rows: pd.DataFrame, step: int | None = None, at: str = "final") -> tuple[pd.DataFrame, list[str]]:
+    """The test/gen records of each run at the chosen step: its last (final checkpoint), the
+    given ``step``, or with ``at="last-eval"`` the reference's last evaluation step."""
+    if at == "last-eval":
+        return at_last_eval(rows, ("test", "gen"))
+    return at_step(rows, ("test", "gen"), step)
+
+
+def sortgpt_run_scores(rows: pd.DataFrame, step: int | None = None, at: str = "final"
+                       ) -> tuple[pd.DataFrame, list[str]]:
     """One row per run: its cell, the step used, and its mean ID and OOD exact match."""
-    evals, notes = at_step(rows, ("test", "gen"), step)
+    evals, notes = sortgpt_evals(rows, step, at)
     exact = metric_column(rows, "exact_match_acc")
     scores = evals.pivot_table(index="run_key", columns="split", values=exact, aggfunc="mean")
     scores = scores.rename(columns={"test": "id_exact_match", "gen": "ood_exact_match"})
@@ -187,3 +196,64 @@ def sortgpt_csv(cells: pd.DataFrame, thresholds: pd.DataFrame) -> str:
     keys = arch_columns(cells) + ["length_config"] + budget_columns(cells)
     table = cells.merge(thresholds, on=keys, how="left")
     return table.to_csv(index=False)
+
+
+# -- sortgpt in the sort-llm reference's format ------------------------------------------
+# Matches length_generalization/code/plot_all_final.py of the public sort-llm repository
+# (write_csv, write_thresholds): one score per run = the mean over its gen Ks of the
+# teacher-forced exact match; cells (n_layers, use_mlp, use_layernorm, length_mode,
+# training, train_max_k) with length_mode "fixed" and training "fixed" when
+# train_min_k == train_max_k, else training "dynamic"; mean, population std (np.std) and
+# the number of runs; rows in the sorted order of those keys. Thresholds: per
+# (n_layers, use_mlp, use_layernorm, length_mode, training) the smallest train_max_k whose
+# mean reaches 0.95, empty when none; the reference writes its flags there as True/False.
+
+REFERENCE_KEYS = ["n_layers", "use_mlp", "use_layernorm", "length_mode", "training", "train_max_k"]
+REFERENCE_THRESHOLD = 0.95
+
+
+def reference_run_scores(rows: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its reference cell and gen_em (mean gen exact match at the chosen step)."""
+    exact = metric_column(rows, "exact_match_acc")
+    gen = evals[evals["split"] == "gen"]
+    scores = gen.groupby("run_key")[exact].mean().rename("gen_em")
+    runs = run_table(rows).set_index("run_key")
+    fixed = runs["train_min_k"] == runs["train_max_k"]
+    table = pd.DataFrame({
+        "n_layers": runs["n_layers"].astype(int), "use_mlp": runs["use_mlp"].astype(bool),
+        "use_layernorm": runs["use_layernorm"].astype(bool),
+        "length_mode": runs["length_mode"].astype(str).where(~fixed, "fixed"),
+        "training": pd.Series("dynamic", index=runs.index).where(~fixed, "fixed"),
+        "train_max_k": runs["train_max_k"].astype(int)})
+    return table.join(scores, how="inner").dropna(subset=["gen_em"])
+
+
+def reference_cells(scores: pd.DataFrame) -> list[tuple[tuple, float, float, int]]:
+    """(key, mean, population std, n_runs) per cell, in the reference's sorted key order."""
+    import numpy as np
+
+    cells = []
+    for key, cell in scores.groupby(REFERENCE_KEYS, sort=False):
+        values = cell["gen_em"].to_numpy(dtype=float)
+        key = (int(key[0]), bool(key[1]), bool(key[2]), str(key[3]), str(key[4]), int(key[5]))
+        cells.append((key, float(np.mean(values)), float(np.std(values)), len(values)))
+    return sorted(cells, key=lambda c: c[0])
+
+
+def reference_summary_csv(cells: list[tuple[tuple, float, float, int]]) -> str:
+    lines = [",".join(REFERENCE_KEYS + ["mean_gen_em", "std_gen_em", "n_runs"])]
+    for (layers, mlp, ln, mode, training, kmax), mean, std, n in cells:
+        lines.append(f"{layers},{int(mlp)},{int(ln)},{mode},{training},{kmax},{mean:.4f},{std:.4f},{n}")
+    return "\n".join(lines) + "\n"
+
+
+def reference_thresholds_csv(cells: list[tuple[tuple, float, float, int]],
+                             threshold: float = REFERENCE_THRESHOLD) -> str:
+    groups: dict[tuple, list[tuple[int, float]]] = {}
+    for key, mean, _, _ in cells:
+        groups.setdefault(key[:5], []).append((key[5], mean))
+    lines = [",".join(REFERENCE_KEYS[:5] + [f"min_k_at_{threshold}"])]
+    for key in sorted(groups):
+        reached = [kmax for kmax, mean in sorted(groups[key]) if mean >= threshold]
+        lines.append(",".join(str(v) for v in key) + "," + (str(reached[0]) if reached else ""))
+    return "\n".join(lines) + "\n"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import click
 
-from launch.errors import UserError
+from launch.errors import UserError, user_errors_exit_2
 
 
 def parse_numbers(raw: tuple[str, ...], vocab_n: int, max_k: int, no_dup: bool) -> list[int]:
@@ -66,3 +67,31 @@ def sort_command(checkpoint: str, numbers: tuple[str, ...], device: str) -> None
     click.echo(f"expected: {' '.join(map(str, expected))}")
     verdict = "correct" if out == expected else "WRONG"
     click.echo(f"{verdict} ({right}/{k} positions right)")
+
+
+@click.command("evaluate")
+@click.argument("tree", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.parquet"),
+              show_default=True, help="Parquet file, in the schema `sweep collect` writes.")
+@click.option("--test-k", default=None, metavar="A-B",
+              help="Out-of-distribution K range to evaluate (default: each run's test_min_k-test_max_k).")
+@click.option("--samples", type=int, default=None,
+              help="Lists per K (default: each run's eval_samples; sort-llm: eval_samples_per_length).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto")
+@user_errors_exit_2
+def evaluate_command(tree: Path, out: Path, test_k: str | None, samples: int | None, device: str) -> None:
+    """Evaluate every Checkpoint_/Final_ model under TREE (a sweep tree or a sort-llm
+    tree, root/<group>/task_XXXX/saved_models/*.pt): teacher-forced and free-running exact
+    match at each checkpoint's step, written as `sweep collect` rows, so `sweep plot` and
+    `sweep summary` read OUT unchanged. Models of one architecture run as one batched model."""
+    from sortgpt.evaluate import evaluate_tree, parse_k_range
+
+    k_range = parse_k_range(test_k) if test_k is not None else None
+    if samples is not None and samples < 1:
+        raise UserError(f"--samples {samples}: must be at least 1")
+    report = evaluate_tree(tree, out, device=device, test_k=k_range, samples=samples)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    rate = report.checkpoints / report.seconds if report.seconds > 0 else float("inf")
+    click.echo(f"evaluated {report.checkpoints} checkpoints ({report.runs} runs) in {report.seconds:.1f} s "
+               f"({rate:.2f} checkpoints/s): {report.rows} rows -> {out}")

@@ -131,14 +131,15 @@ def _norm(x: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tenso
     return F.layer_norm(x, x.shape[-1:]) * w[:, None, None] + b[:, None, None]
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
     """Causal attention over a batch that may be larger than one kernel launch takes:
     CUDA's flash and memory-efficient kernels put the batch in a grid dimension
     (at most 65,535; pytorch/pytorch#146704), and a pack of 16 runs at batch 4096
-    is 65,536 sequences. Splitting the batch is exact."""
+    is 65,536 sequences. Splitting the batch is exact. ``causal=False``: the queries are
+    the newest positions and may see every key (cached decoding)."""
     if q.shape[0] <= MAX_ATTENTION_BATCH:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return torch.cat([F.scaled_dot_product_attention(a, b, c, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return torch.cat([F.scaled_dot_product_attention(a, b, c, is_causal=causal)
                       for a, b, c in zip(q.split(MAX_ATTENTION_BATCH), k.split(MAX_ATTENTION_BATCH),
                                          v.split(MAX_ATTENTION_BATCH))])
 
@@ -185,6 +186,48 @@ def packed_trunk(p: dict[str, torch.Tensor], idx: torch.Tensor, config: GPTConfi
             h = F.gelu(_linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
             x = x + _linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
     return x
+
+
+@torch.no_grad()
+def packed_generate(p: dict[str, torch.Tensor], prompts: torch.Tensor, k: int, config: GPTConfig) -> torch.Tensor:
+    """Greedy free-running decoding for n runs with a key/value cache: ``prompts`` (n, B, T0)
+    -> the k generated tokens (n, B, k). The same computation as feeding the whole sequence
+    again for every token (``Pack._autoregressive``), position by position, in O(T) instead
+    of O(T^2) per token; only float summation order can differ (``sweep evaluate`` uses it)."""
+    n, B, _ = prompts.shape
+    C, H = config.n_embd, config.n_heads
+    wte = p["wte.weight"]
+    V = wte.shape[1]
+    offsets = (torch.arange(n, device=prompts.device) * V).view(n, 1, 1)
+    cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * config.n_layers
+
+    def next_token(tokens: torch.Tensor, start: int) -> torch.Tensor:
+        t = tokens.shape[2]
+        x = F.embedding(tokens + offsets, wte.reshape(n * V, C))
+        if "wpe.weight" in p:
+            x = x + p["wpe.weight"][:, None, start:start + t]
+        for i in range(config.n_layers):
+            pre = f"blocks.{i}."
+            h = _norm(x, p, pre + "ln_1")
+            q, key, value = _linear(h, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"]).split(C, dim=-1)
+            q, key, value = (z.reshape(n * B, t, H, C // H).transpose(1, 2) for z in (q, key, value))
+            if cache[i] is not None:
+                key, value = torch.cat([cache[i][0], key], dim=2), torch.cat([cache[i][1], value], dim=2)
+            cache[i] = (key, value)
+            y = _attention(q, key, value, causal=start == 0).transpose(1, 2).contiguous().view(n, B, t, C)
+            x = x + _linear(y, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
+            if config.use_mlp:
+                h = _norm(x, p, pre + "ln_2")
+                h = F.gelu(_linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
+                x = x + _linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
+        last = _norm(x[:, :, -1:], p, "ln_f")
+        logits = torch.bmm(last.reshape(n, B, C), wte.transpose(1, 2))  # tied head
+        return logits.argmax(dim=-1, keepdim=True)  # (n, B, 1)
+
+    out = [next_token(prompts, 0)]
+    for j in range(1, k):
+        out.append(next_token(out[-1], prompts.shape[2] + j - 1))
+    return torch.cat(out, dim=2)
 
 
 # -- optimizer -------------------------------------------------------------------
@@ -441,6 +484,22 @@ class Pack:
         self.optimizer.exp_avg_sq = torch.stack([v for _, v, _ in moments])
         self.optimizer.steps = [s for _, _, s in moments]
 
+    @classmethod
+    def for_evaluation(cls, runs: list[PackedRun], device: torch.device) -> Pack:
+        """A pack that only evaluates (``sweep evaluate``): the runs' weights as one
+        matrix, no optimizer, free-running decoding with a key/value cache; ``runs``
+        need cfg, ctx (with log and run_dir), model, step."""
+        pack = cls.__new__(cls)
+        first = runs[0].model
+        pack.runs, pack.device, pack.config = runs, device, first.config
+        pack.layout = Layout(first)
+        pack.pad = first.config.vocab_size - 1  # SEP
+        pack.max_chunk_tokens = MAX_CHUNK_TOKENS["cuda" if device.type == "cuda" else "cpu"]
+        pack.trunk = packed_trunk
+        pack.kv_cache = True
+        pack.weights = torch.stack([pack.layout.flatten(r.model) for r in runs]).to(device)
+        return pack
+
     def _group_of_column(self, run: PackedRun) -> torch.Tensor:
         group_of = {p: g for g, group in enumerate(run.optimizer.param_groups) for p in group["params"]}
         return torch.cat([torch.full((size,), group_of[p], dtype=torch.long, device=self.device)
@@ -546,11 +605,18 @@ class Pack:
         return _metrics(self.logits(rows, tokens, positions).float(), targets, scored, [k] * len(rows))
 
     def _autoregressive(self, rows: list[int], batch: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-        """greedy_sort: feed ``numbers SEP``, append the argmax k times."""
-        seq = batch[:, :, :k + 1]
-        for _ in range(k):
-            logits = self.logits(rows, seq, slice(-1, None))
-            seq = torch.cat([seq, logits[:, :, -1].argmax(dim=-1, keepdim=True)], dim=2)
+        """greedy_sort: feed ``numbers SEP``, append the argmax k times (with a key/value
+        cache in a pack built by :meth:`for_evaluation`)."""
+        if getattr(self, "kv_cache", False):
+            with single.autocast_for(self.device):
+                generated = packed_generate(self.layout.unflatten(_rows(self.weights, rows)), batch[:, :, :k + 1],
+                                            k, self.config)
+            seq = torch.cat([batch[:, :, :k + 1], generated], dim=2)
+        else:
+            seq = batch[:, :, :k + 1]
+            for _ in range(k):
+                logits = self.logits(rows, seq, slice(-1, None))
+                seq = torch.cat([seq, logits[:, :, -1].argmax(dim=-1, keepdim=True)], dim=2)
         right = seq[:, :, k + 1:] == batch[:, :, k + 1:]
         return {"exact_match_acc": right.all(dim=2).float().mean(dim=1),
                 "token_acc": right.float().mean(dim=(1, 2))}

@@ -241,8 +241,16 @@ def to_cpu(obj: Any) -> Any:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """A model from a Checkpoint_/Final_ file (or a resume state), and its run config."""
-    state = load_checkpoint(path, require=("model", "model_config", "config"))
+    """A model from a Checkpoint_/Final_ file (or a resume state), and its run config.
+    Also reads the sort-llm reference's files (sortgpt/reference.py)."""
+    state = load_checkpoint(path, require=("model",))
+    from sortgpt.reference import is_reference_state, model_from_reference
+
+    if is_reference_state(state):
+        model, cfg, _ = model_from_reference(state, path)
+        return model.to(device).eval(), cfg
+    state = load_checkpoint(path, require=("model", "model_config", "config")) if not (
+        "model_config" in state and "config" in state) else state
     try:
         model = GPT(GPTConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
