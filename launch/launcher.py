@@ -74,6 +74,8 @@ def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool
     skipped: dict[str, int] = {}
     todo = []
     for s in statuses:
+        if retry_failed and s.state == stt.FAILED and _finished_since(store, s.run):
+            s.state = stt.COMPLETED
         if s.state == stt.NOT_SUBMITTED or (retry_failed and s.state == stt.FAILED):
             todo.append(s.run)
         else:
@@ -81,6 +83,12 @@ def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool
     units = [u for name, part_todo in sset.by_part(todo).items()
              for u in pack_units(part_todo, sset.part(name).pack, sset.part(name).experiment)]
     return LaunchPlan(to_submit=todo, skipped=skipped, units=units, warning=warning)
+
+
+def _finished_since(store: Store, run: Run) -> bool:
+    """A run about to be retried whose own state.json says completed now: its job ended after
+    the status was read. Read here, under the launch lock, so a finished run is never retrained."""
+    return store.state(run).get("state") == st.COMPLETED
 
 
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,

@@ -133,6 +133,7 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
     sched, warning = query_slurm(slurm_ids) if query else ({}, None)
     if not query and slurm_ids:
         warning = "scheduler not queried; states are from disk alone"
+    _reread_ended(store, runs, disk, sched)
     local_alive: dict[str, bool | None] = {}
     out = []
     for r in runs:
@@ -182,6 +183,29 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             s.updated_at = max(filter(None, [s.updated_at, prog.get("time")]), default=None)
         out.append(s)
     return out, warning
+
+
+_ENDED = {k for k, v in _SLURM.items() if v in (COMPLETED, FAILED)}
+
+
+def _reread_ended(store: Store, runs: list[Run], disk: dict[str, dict[str, Any] | None],
+                  sched: dict[str, str]) -> None:
+    """Read again, after the scheduler answered, the state of every run whose job it says has ended.
+
+    The files were read before the query: a job that ended in between left a run that said
+    ``running`` then and says ``completed`` (or ``failed``) now. Judged on the old files it
+    would be reported failed ("job completed without completing the run") and retried, so a
+    terminal scheduler state is only ever checked against files read after it."""
+    for r in runs:
+        d = disk[r.rel_dir]
+        if not d or d.get("_corrupt") or d.get("state") in (st.COMPLETED, st.FAILED):
+            continue
+        jid = str(d.get("job_id") or "")
+        if sched.get(jid) not in _ENDED:
+            continue
+        now = read_json(store.run_dir(r) / st.STATE_FILE)
+        if now and not now.get("_corrupt") and now.get("state") in (st.COMPLETED, st.FAILED):
+            disk[r.rel_dir] = {**now, "job_id": jid}
 
 
 def _died_here(d: dict[str, Any]) -> bool:

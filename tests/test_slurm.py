@@ -173,6 +173,48 @@ def test_status_falls_back_to_squeue_then_disk(slurm, tmp_path: Path):
     sweep("cancel", spec, "--root", root)
 
 
+@pytest.mark.parametrize("command", ["status", "launch"])
+def test_a_run_that_ends_while_sacct_is_slow_is_completed_not_retrained(slurm, tmp_path: Path, command: str):
+    """The files read before the scheduler answered say running; the job has ended by the time
+    sacct answers (a loaded slurmdbd). The run completed: status says so, and --retry-failed
+    submits nothing (it used to report "job completed without completing the run" and retrain)."""
+    import os
+    import shutil
+
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 60, step_sleep_s: 0.25",
+                                                              "steps: 30, step_sleep_s: 0.25"))
+    root = tmp_path / "tree"
+    run_dir = root / "long/task_0000/seed11"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    job = next(iter(read_jobs(Store(root), "long").values()))
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    # a slow sacct: it notes what the run's files say when it is called (after status read them),
+    # then answers only once the job has ended
+    (shims / "sacct").write_text(f"""#!/bin/sh
+cp {run_dir}/state.json {tmp_path}/seen_by_sacct.json
+i=0
+while [ $i -lt 600 ] && ! {shutil.which("sacct")} -X -n -P -o State -j {job.split("_")[0]} | grep -q COMPLETED; do
+  sleep 0.2; i=$((i + 1))
+done
+exec {shutil.which("sacct")} "$@"
+""")
+    (shims / "sacct").chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    if command == "status":
+        c = json.loads(sweep("status", spec, "--root", root, "--json", env=env).stdout)["counts"]["long"]
+        assert c["completed"] == 1 and c["failed"] == 0, c
+    else:
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry-failed", env=env).stdout
+        assert "nothing to submit: 1 completed" in out, out
+    # the race happened: the run was still running when the scheduler was asked
+    assert json.loads((tmp_path / "seen_by_sacct.json").read_text())["state"] == "running"
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["state"] == "completed" and state["attempts"] == 1, state
+
+
 @pytest.mark.slow
 def test_time_limit_signal_requeues_and_resumes(slurm, tmp_path: Path):
     """A 2-minute job whose run needs longer: SLURM's USR2 before the limit -> checkpoint,
