@@ -124,6 +124,9 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @click.option("--setup", multiple=True, help="A shell line run before the job (repeatable).")
 @click.option("--throttle", "array_parallelism", type=click.IntRange(min=1), default=None,
               help="At most N array elements at once (%N).")
+@click.option("--signal-delay", "signal_delay_s", type=click.IntRange(min=1), default=None,
+              help="Seconds before the time limit SLURM signals the job to checkpoint and requeue "
+                   "(default: a quarter of --time, at most 90).")
 def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool,
            retry_failed: bool, concurrency: int | None, **resources: Any) -> None:
     """Submit the runs of SPEC that are not done yet; returns at once."""

@@ -32,19 +32,30 @@ from launch.store import Store, read_json, write_json
 
 DEFAULT_TIME_MIN = 60
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+MAX_SIGNAL_LEAD_S = 90  # submitit's default --signal=USR2@90
+
+
+def signal_lead_s(resources: dict[str, Any]) -> int:
+    """Seconds before the time limit that SLURM signals the job (USR2: checkpoint, requeue).
+
+    ``signal_delay_s`` when given; else a quarter of the time limit, at most submitit's 90 s.
+    (submitit's fixed 90 s signals a 1-minute job at once and a 2-minute one every 30 s.)"""
+    if "signal_delay_s" in resources:
+        return int(resources["signal_delay_s"])
+    return min(MAX_SIGNAL_LEAD_S, 60 * int(resources.get("time_min", DEFAULT_TIME_MIN)) // 4)
 
 
 def slurm_parameters(resources: dict[str, Any], job_name: str) -> dict[str, Any]:
     """Spec ``resources`` -> submitit SlurmExecutor parameters."""
     p: dict[str, Any] = {"job_name": job_name, "time": resources.get("time_min", DEFAULT_TIME_MIN),
-                         "cpus_per_task": resources.get("cpus", 1)}
+                         "cpus_per_task": resources.get("cpus", 1), "signal_delay_s": signal_lead_s(resources)}
     if "partition" in resources:
         p["partition"] = resources["partition"]
     if resources.get("gpus"):
         p["gpus_per_node"] = resources["gpus"]
     if "mem_gb" in resources:
         p["mem"] = f"{resources['mem_gb']}G"
-    for key in ("account", "qos", "constraint", "setup", "nodes", "signal_delay_s"):
+    for key in ("account", "qos", "constraint", "setup", "nodes"):
         if key in resources:
             p[key] = resources[key]
     if "tasks_per_node" in resources:

@@ -18,14 +18,16 @@ from typing import Any
 
 from launch import status as stt
 from launch import store as st
-from launch.errors import UserError
+from launch.errors import SpecError, UserError
 from launch.executors import (
+    DEFAULT_TIME_MIN,
     LocalBackend,
     SlurmBackend,
     Submitted,
     chunks,
     max_array_size,
     render_sbatch,
+    signal_lead_s,
     slurm_parameters,
 )
 from launch.spec import Spec
@@ -105,6 +107,7 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     res = {**sset.resources, **(resources or {})}
     if cluster not in ("slurm", "local"):
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
+    check_signal_lead(sset, resources or {})
 
     if dry_run:
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm")
@@ -173,6 +176,22 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
              + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
         return p
+
+
+def check_signal_lead(sset: SpecSet, flags: dict[str, Any]) -> None:
+    """Refuse a signal lead (``signal_delay_s``) not shorter than the time limit: SLURM would
+    signal (checkpoint, requeue) the job as soon as it starts, again and again."""
+    res = {**sset.resources, **flags}
+    lead, limit_s = signal_lead_s(res), 60 * int(res.get("time_min", DEFAULT_TIME_MIN))
+    if lead < limit_s:
+        return
+    time_from = (f"--time {flags['time_min']}" if "time_min" in flags else
+                 f"resources.time_min: {res['time_min']}" if "time_min" in res else "the default time")
+    problem = (f"{lead} s is not shorter than the time limit ({time_from} min = {limit_s} s): SLURM would "
+               f"signal the job to requeue as soon as it starts; use a shorter lead or a longer time")
+    if "signal_delay_s" in flags:
+        raise SpecError("sweep launch", "--signal-delay", problem)
+    raise SpecError(sset.parts[0].file, "resources.signal_delay_s", problem)
 
 
 def _fmt_skipped(skipped: dict[str, int]) -> str:

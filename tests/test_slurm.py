@@ -216,6 +216,23 @@ exec {shutil.which("sacct")} "$@"
 
 
 @pytest.mark.slow
+def test_a_one_minute_job_runs_to_the_end(slurm, tmp_path: Path):
+    """--time 1 and 32 s of work: the signal lead follows the limit (15 s), so SLURM signals the job
+    no earlier than 45 s in. submitit's fixed 90 s had it signalled (checkpoint, requeue) at the
+    controller's first time-limit check after the start, within 30 s: with max_requeues 0, failed."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "0").replace("steps: 60, step_sleep_s: 0.25",
+                                                              "steps: 32, step_sleep_s: 1.0")
+                    .replace(", signal_delay_s: 30", ""))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--time", "1")
+    c = wait_for(lambda: finished(spec, root), timeout=120, what="the one-minute job")
+    assert c["completed"] == 1, c
+    state = json.loads((root / "long/task_0000/seed11/state.json").read_text())
+    assert state["attempts"] == 1 and state.get("requeues", 0) == 0, state
+
+
+@pytest.mark.slow
 def test_time_limit_signal_requeues_and_resumes(slurm, tmp_path: Path):
     """A 2-minute job whose run needs longer: SLURM's USR2 before the limit -> checkpoint,
     requeue, resume; the result equals an uninterrupted twin's."""
