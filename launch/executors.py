@@ -96,6 +96,36 @@ def render_sbatch(params: dict[str, Any], folder: Path, n: int) -> str:
     return _make_sbatch_string(command=cmd, folder=folder, map_count=n if n > 1 else None, **params)
 
 
+class _SlurmExecutor(submitit.SlurmExecutor):
+    """submitit's, leaving nothing behind when sbatch refuses a submission: the pickles it wrote
+    for the array's elements (up to MaxArraySize of them) and the sbatch script are removed."""
+
+    def _internal_process_submissions(
+            self, delayed_submissions: list[submitit.core.utils.DelayedSubmission]) -> list[submitit.Job[Any]]:
+        written: list[Path] = []
+        for d in delayed_submissions:
+            _record_dump(d, written)
+        try:
+            return super()._internal_process_submissions(delayed_submissions)
+        except BaseException as e:
+            for path in written:
+                path.unlink(missing_ok=True)
+            cmd = getattr(e.__cause__, "cmd", None)  # CalledProcessError of ["sbatch", <script>]
+            if isinstance(cmd, list) and len(cmd) == 2 and Path(cmd[1]).name.startswith(".submission_file_"):
+                Path(cmd[1]).unlink(missing_ok=True)
+            raise
+
+
+def _record_dump(d: submitit.core.utils.DelayedSubmission, written: list[Path]) -> None:
+    """Note where submitit pickles ``d`` (the wrapper takes itself off first: it is not pickled)."""
+    def dump(filepath: str | Path) -> None:
+        del d.dump
+        written.append(Path(filepath))
+        d.dump(filepath)
+
+    d.dump = dump  # type: ignore[method-assign]
+
+
 class SlurmBackend:
     name = "slurm"
 
@@ -106,7 +136,7 @@ class SlurmBackend:
         self.folder = store.submitit_dir()
 
     def _executor(self) -> submitit.SlurmExecutor:
-        ex = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=1000)
+        ex = _SlurmExecutor(folder=self.folder, max_num_timeout=1000)
         ex.update_parameters(**self.params)
         return ex
 

@@ -268,6 +268,19 @@ def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tm
     assert "would submit 10 runs" in out
 
 
+@pytest.mark.parametrize("only", [None, "x=0,label=a"])  # job arrays, and a single job
+def test_a_refused_sbatch_leaves_no_submitit_files(slurm, tmp_path: Path, only: str | None):
+    """submitit pickles every element of an array (and writes the sbatch script) before sbatch
+    runs; a refused submission used to leave them all behind (up to MaxArraySize per array)."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--constraint", "nosuchfeature",
+              *(["--only", only] if only else []), check=False)
+    assert p.returncode == 2 and "Invalid feature specification" in p.stderr, p.stderr
+    assert sorted(f.name for f in (root / ".sweep" / "submitit").iterdir()) == []
+
+
 def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):
     spec = tmp_path / "grid.yaml"
     spec.write_text(GRID)
