@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,15 +71,28 @@ def pack_units(runs: list[Run], pack: int | str, experiment: Any = None) -> list
     return units
 
 
-def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool, query: bool = True) -> LaunchPlan:
+def retry_states(retry_failed: bool = False, retry: Collection[str] = ()) -> set[str]:
+    """The end states whose runs a launch resubmits: ``--retry failed,timeout`` names them;
+    ``--retry-failed`` is every way a run can end without completing (what ``failed`` covered
+    before the scheduler's reasons had states of their own)."""
+    unknown = sorted(set(retry) - set(stt.FAILURES))
+    if unknown:
+        raise UserError(f"sweep launch: --retry: unknown state {unknown[0]!r} (use any of: "
+                        f"{', '.join(stt.FAILURES)})")
+    return set(stt.FAILURES) if retry_failed else set(retry)
+
+
+def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool, query: bool = True,
+         retry: Collection[str] = ()) -> LaunchPlan:
     sset = as_set(spec)
+    again = retry_states(retry_failed, retry)
     statuses, warning = stt.run_statuses(store, runs, query=query)
     skipped: dict[str, int] = {}
     todo = []
     for s in statuses:
-        if retry_failed and s.state == stt.FAILED and _finished_since(store, s.run):
+        if s.state in again and _finished_since(store, s.run):
             s.state = stt.COMPLETED
-        if s.state == stt.NOT_SUBMITTED or (retry_failed and s.state == stt.FAILED):
+        if s.state == stt.NOT_SUBMITTED or s.state in again:
             todo.append(s.run)
         else:
             skipped[s.state] = skipped.get(s.state, 0) + 1
@@ -94,7 +108,7 @@ def _finished_since(store: Store, run: Run) -> bool:
 
 
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
-           dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
+           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
            echo: Any = print) -> LaunchPlan:
     sset = as_set(spec)
     store = Store(sset.root)
@@ -110,14 +124,14 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     check_signal_lead(sset, resources or {})
 
     if dry_run:
-        p = plan(sset, runs, store, retry_failed, query=cluster == "slurm")
+        p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
         _print_plan(sset, runs, p, cluster, res, store, concurrency, echo)
         return p
 
     with contextlib.ExitStack() as locks:
         for name in sorted(parts):  # one order for every launch: no deadlock between overlapping ones
             locks.enter_context(store.lock(name))
-        p = plan(sset, runs, store, retry_failed)
+        p = plan(sset, runs, store, retry_failed, retry=retry)
         if p.warning:
             echo(f"warning: {p.warning}")
         if not p.to_submit:
@@ -198,7 +212,8 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
     if not skipped:
         return "no runs"
     parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items())]
-    hint = " (use --retry-failed to resubmit failed runs)" if skipped.get(stt.FAILED) else ""
+    ended = [k for k in stt.FAILURES if skipped.get(k)]
+    hint = f" (use --retry {','.join(ended)} to resubmit them)" if ended else ""
     return ", ".join(parts) + hint
 
 

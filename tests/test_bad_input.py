@@ -450,6 +450,13 @@ def launch_signal_delay_flag_not_shorter_than_time(tmp: Path) -> list[str]:
             "--root", "tree", "--time", "1", "--signal-delay", "60"]
 
 
+@case("sweep launch: --retry: unknown state 'oom' (use any of: failed, cancelled, timeout, out_of_memory, node_fail, "
+      "preempted)")
+def launch_retry_unknown_state(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\n"), "--cluster", "local",
+            "--root", "tree", "--retry", "failed,oom"]
+
+
 @case("Invalid value for '--lr': -0.1 is not in the range x>0")
 def resume_negative_lr(tmp: Path) -> list[str]:
     return ["resume", run_dir(tmp), "--steps", "10", "--lr", "-0.1"]

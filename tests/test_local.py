@@ -229,13 +229,13 @@ def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
     for r in rows:
         assert not pid_alive(_state(root, r["rel_dir"])["pid"])
     snap = tree_snapshot(root / "noop")
-    assert {r["state"] for r in status_json(a, root)["runs"]} == {"failed"}
+    assert {r["state"] for r in status_json(a, root)["runs"]} == {"cancelled"}
     # b's run was left alone and completes
     assert wait_for(lambda: finished(b, root), timeout=120, what="b's run")["completed"] == 1
     assert tree_snapshot(root / "noop") == snap
     for r in status_json(a, root)["runs"]:
         st = _state(root, r["rel_dir"])
-        assert st["state"] == "failed" and st["error"] == "cancelled by sweep cancel"
+        assert st["state"] == "cancelled" and st["error"] == "cancelled by sweep cancel"
         assert r["step"] < r["total"]
 
 

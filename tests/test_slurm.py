@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from launch.store import Store, read_jobs
-from tests.helpers import counts, finished, sweep, wait_for
+from tests.helpers import counts, finished, status_json, sweep, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -90,11 +90,23 @@ def test_cancel_then_retry(slurm, tmp_path: Path):
     out = sweep("cancel", spec, "--root", root).stdout
     assert "cancelled 1 runs" in out
     c = wait_for(lambda: finished(spec, root), timeout=60, what="cancellation")
-    assert c["failed"] == 1
-    assert "nothing to submit" in sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert c["cancelled"] == 1 and c["failed"] == 0, c
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "nothing to submit: 1 cancelled (use --retry cancelled to resubmit them)" in out, out
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "failed,timeout").stdout
+    assert "nothing to submit" in out
     out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry-failed").stdout
     assert "submitted 1 runs" in out
     wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the retried run to start")
+    # cancelled by hand, not by sweep cancel: the scheduler's word says so
+    subprocess.check_call(["scancel", next(iter(read_jobs(Store(root), "long").values()))])
+    c = wait_for(lambda: finished(spec, root), timeout=60, what="scancel")
+    assert c["cancelled"] == 1, c
+    row = status_json(spec, root)["runs"][0]
+    assert row["scheduler_state"] == "CANCELLED" and row["reason"] == "scheduler: CANCELLED", row
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "cancelled").stdout
+    assert "submitted 1 runs" in out
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run retried again to start")
     sweep("cancel", spec, "--root", root)
 
 
@@ -111,6 +123,21 @@ def _preempt_once(spec: Path, root: Path, how: str) -> None:
         subprocess.check_call(["scontrol", "requeue", job_id])
 
 
+def _assert_requeued_while_pending_again(spec: Path, root: Path) -> None:
+    """After `scontrol requeue` the job is PENDING again (after a few seconds of REQUEUED) while
+    the run's files still say running: status says requeued (it said pending, with a stale step)."""
+    job = next(iter(read_jobs(Store(root), "long").values()))
+
+    def sacct() -> str:
+        return subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True,
+                              text=True).stdout.strip()
+
+    wait_for(lambda: sacct() == "PENDING", timeout=60, interval=0.2, what="the requeued job to be pending")
+    row = status_json(spec, root)["runs"][0]
+    if sacct() == "PENDING":  # still, after status asked: what status saw was the pending job
+        assert row["state"] == "requeued" and row["scheduler_state"] == "PENDING", row
+
+
 @pytest.mark.parametrize("how", ["preempt", "scontrol_requeue"])
 def test_requeue_resumes_and_matches_uninterrupted_twin(slurm, tmp_path: Path, how: str):
     spec = tmp_path / "long.yaml"
@@ -119,6 +146,8 @@ def test_requeue_resumes_and_matches_uninterrupted_twin(slurm, tmp_path: Path, h
     sweep("launch", spec, "--cluster", "local", "--root", twin_root)
     sweep("launch", spec, "--cluster", "slurm", "--root", root)
     _preempt_once(spec, root, how)
+    if how == "scontrol_requeue":
+        _assert_requeued_while_pending_again(spec, root)
     c = wait_for(lambda: finished(spec, root), timeout=180, what="the requeued run to finish")
     assert c["completed"] == 1, c
     wait_for(lambda: finished(spec, twin_root), timeout=60, what="the twin")

@@ -150,7 +150,7 @@ def test_composite_wait_and_cancel(tmp_path: Path):
     out = sweep("cancel", composite, "--root", root).stdout
     assert "cancelled 8 runs" in out
     c = counts_of(composite, root)["counts"]["both"]
-    assert c["failed"] == 16
+    assert c["cancelled"] == 16
 
 
 def test_renumbering_a_part_is_refused_through_the_composite(tmp_path: Path):
