@@ -75,6 +75,58 @@ def max_array_size() -> int:
     return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
+@dataclass
+class ClusterLimits:
+    """What the cluster allows, read before submitting (``scontrol``, ``squeue``)."""
+
+    partitions: dict[str, int | None]  # name -> MaxTime in minutes (None: unlimited)
+    default_partition: str | None
+    max_job_count: int | None  # MaxJobCount: job records the controller holds at most
+    jobs_held: int | None  # job records it holds now, every user's (array elements one by one)
+
+
+def cluster_limits() -> ClusterLimits | None:
+    """The cluster's limits; None when the scheduler cannot be asked (then nothing is checked)."""
+    try:
+        parts = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, timeout=20)
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20)
+        held = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if parts.returncode != 0:
+        return None
+    partitions: dict[str, int | None] = {}
+    default = None
+    for line in parts.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "PartitionName" not in fields:
+            continue
+        partitions[fields["PartitionName"]] = slurm_minutes(fields.get("MaxTime", "UNLIMITED"))
+        if fields.get("Default") == "YES":
+            default = fields["PartitionName"]
+    m = re.search(r"^MaxJobCount\s*=\s*(\d+)", config.stdout, re.M)
+    return ClusterLimits(partitions=partitions, default_partition=default, max_job_count=int(m.group(1)) if m else None,
+                         jobs_held=len(held.stdout.split()) if held.returncode == 0 else None)
+
+
+def slurm_minutes(text: str) -> int | None:
+    """A SLURM time (``UNLIMITED``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole
+    minutes, rounded up; None when unlimited."""
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    nums = [int(x) for x in rest.split(":")]
+    if days:
+        nums += [0] * (3 - len(nums))
+        h, mi, sec = nums
+    else:
+        h, mi, sec = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
+    seconds = ((int(days or 0) * 24 + h) * 60 + mi) * 60 + sec
+    return -(-seconds // 60)
+
+
 def chunks(units: list[list[str]], size: int) -> list[list[list[str]]]:
     """Split units into job arrays of at most ``size`` elements (indices 0..size-1)."""
     return [units[i:i + size] for i in range(0, len(units), size)]

@@ -22,10 +22,12 @@ from launch import store as st
 from launch.errors import SpecError, UserError
 from launch.executors import (
     DEFAULT_TIME_MIN,
+    ClusterLimits,
     LocalBackend,
     SlurmBackend,
     Submitted,
     chunks,
+    cluster_limits,
     max_array_size,
     render_sbatch,
     signal_lead_s,
@@ -123,9 +125,12 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
     check_signal_lead(sset, resources or {})
 
+    limits = cluster_limits() if cluster == "slurm" else None
+    check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
-        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo)
+        check_cluster(sset, resources or {}, len(p.units), limits)
+        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits)
         return p
 
     with contextlib.ExitStack() as locks:
@@ -137,6 +142,7 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         if not p.to_submit:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
+        check_cluster(sset, resources or {}, len(p.units), limits)
         if cluster == "slurm":
             backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
             array_size = max_array_size()
@@ -208,6 +214,34 @@ def check_signal_lead(sset: SpecSet, flags: dict[str, Any]) -> None:
     raise SpecError(sset.parts[0].file, "resources.signal_delay_s", problem)
 
 
+def check_cluster(sset: SpecSet, flags: dict[str, Any], n_jobs: int, limits: ClusterLimits | None) -> None:
+    """Refuse, before anything is submitted, what the cluster would refuse or never run: a partition
+    it does not have, a time limit over the partition's MaxTime, more jobs than MaxJobCount leaves room for."""
+    if limits is None:  # the scheduler cannot be asked: sbatch will say
+        return
+    res = {**sset.resources, **flags}
+
+    def where(key: str, flag: str) -> tuple[str, str]:
+        return ("sweep launch", flag) if key in flags else (sset.parts[0].file, f"resources.{key}")
+
+    if "partition" in res and res["partition"] not in limits.partitions:
+        raise SpecError(*where("partition", "--partition"), f"no partition {res['partition']!r} on this cluster "
+                        f"(partitions: {', '.join(sorted(limits.partitions)) or 'none'})")
+    name = res.get("partition") or limits.default_partition
+    max_time = limits.partitions.get(name) if name else None
+    time_min = int(res.get("time_min", DEFAULT_TIME_MIN))
+    if max_time is not None and time_min > max_time:
+        given = f"{time_min} min" if "time_min" in res else f"not given: the default {time_min} min"
+        raise SpecError(*where("time_min", "--time"), f"{given} is more than partition {name}'s MaxTime "
+                        f"({max_time} min): SLURM would refuse the jobs or leave them pending for good")
+    if limits.max_job_count is not None and limits.jobs_held is not None:
+        room = max(0, limits.max_job_count - limits.jobs_held)
+        if n_jobs > room:
+            raise SpecError("sweep launch", "MaxJobCount", f"{n_jobs} jobs to submit, but the cluster's MaxJobCount "
+                            f"{limits.max_job_count} leaves room for {room} ({limits.jobs_held} job records held "
+                            f"now); pack runs into fewer jobs (pack: N) or launch part of the grid (--only)")
+
+
 def _fmt_skipped(skipped: dict[str, int]) -> str:
     if not skipped:
         return "no runs"
@@ -218,7 +252,7 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
 
 
 def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
-                concurrency: int | None, echo: Any) -> None:
+                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None) -> None:
     kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
     echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
@@ -241,6 +275,14 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
         params = slurm_parameters(res, sset.name)
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        if limits is not None:
+            name = res.get("partition") or limits.default_partition
+            max_time = limits.partitions.get(name) if name else None
+            room = "" if limits.max_job_count is None or limits.jobs_held is None else \
+                f"; MaxJobCount {limits.max_job_count}, {limits.jobs_held} job records held: room for " \
+                f"{max(0, limits.max_job_count - limits.jobs_held)} jobs"
+            echo(f"cluster: partition {name} (MaxTime {'unlimited' if max_time is None else f'{max_time} min'})"
+                 + room)
         if arrays:
             echo("--- sbatch script of the first array ---")
             echo(render_sbatch(params, store.submitit_dir(), len(arrays[0])))

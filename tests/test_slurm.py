@@ -287,10 +287,10 @@ def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tm
     spec = tmp_path / "grid.yaml"
     spec.write_text(GRID)
     root = tmp_path / "tree"
-    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", check=False)
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--constraint", "nosuchfeature", check=False)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "partition" in lines[0], p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "feature" in lines[0], p.stderr
     # nothing was launched: editing the grid is not a renumbering
     spec.write_text(GRID.replace("label: [a, b", "label: [z, a, b"))
     out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run").stdout
@@ -308,6 +308,60 @@ def test_a_refused_sbatch_leaves_no_submitit_files(slurm, tmp_path: Path, only: 
               *(["--only", only] if only else []), check=False)
     assert p.returncode == 2 and "Invalid feature specification" in p.stderr, p.stderr
     assert sorted(f.name for f in (root / ".sweep" / "submitit").iterdir()) == []
+
+
+def test_the_cluster_limits_are_checked_before_submitting(slurm, tmp_path: Path):
+    """A partition the cluster lacks, a time over the partition's MaxTime (SLURM would leave the jobs
+    pending for good), more jobs than MaxJobCount leaves room for: one line each, in --dry-run and
+    in launch, before anything is submitted or written."""
+    import os
+    import shutil
+
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    for dry in (["--dry-run"], []):
+        p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", *dry,
+                  check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert p.stderr.startswith("error: sweep launch: --partition: no partition 'nosuchpartition' on this "
+                                   "cluster (partitions: debug"), p.stderr
+    part = f"short{os.getpid()}"
+    subprocess.check_call(["scontrol", "create", f"PartitionName={part}", "Nodes=localhost", "MaxTime=5"])
+    try:
+        spec.write_text(GRID.replace("time_min: 5", f"time_min: 10, partition: {part}"))
+        for dry in (["--dry-run"], []):
+            p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False)
+            assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+            assert p.stderr == (f"error: {spec}: resources.time_min: 10 min is more than partition {part}'s MaxTime "
+                                "(5 min): SLURM would refuse the jobs or leave them pending for good\n")
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run", "--time", "5").stdout
+        assert f"cluster: partition {part} (MaxTime 5 min); MaxJobCount 100000" in out
+    finally:
+        subprocess.run(["scontrol", "delete", f"PartitionName={part}"])
+    assert not root.exists()
+    # MaxJobCount: the real controller with a limit 3 above the job records it holds now
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "scontrol").write_text(f"""#!/bin/sh
+if [ "$1 $2" = "show config" ]; then
+  n=$(squeue -h -r -t all -o %i | wc -l)
+  {shutil.which("scontrol")} show config | sed "s/^MaxJobCount .*/MaxJobCount = $((n + 3))/"
+else
+  exec {shutil.which("scontrol")} "$@"
+fi
+""")
+    (shims / "scontrol").chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    spec.write_text(GRID)
+    for dry in (["--dry-run"], []):
+        p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False, env=env)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "error: sweep launch: MaxJobCount: 8 jobs to submit, but the cluster's MaxJobCount" in p.stderr
+        assert "leaves room for 3" in p.stderr and "pack: N" in p.stderr
+    assert read_jobs(Store(root), "grid") == {} and not (root / ".sweep" / "manifests").exists()
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a", env=env).stdout
+    assert "submitted 1 runs" in out
 
 
 def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):
