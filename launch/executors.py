@@ -144,6 +144,7 @@ def submitit_command() -> str:
 
 def render_sbatch(params: dict[str, Any], folder: Path, n: int) -> str:
     """The sbatch script submitit will write for an array of ``n`` elements."""
+    folder = folder.absolute()  # as submitit makes it: a relative tree root is taken from here
     cmd = f"{submitit_command()} {shlex.quote(str(folder))}"
     return _make_sbatch_string(command=cmd, folder=folder, map_count=n if n > 1 else None, **params)
 

@@ -262,6 +262,9 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             n = sum(r.rel_dir in submit for r in part_runs)
             echo(f"part {name} ({sset.part(name).file}): {len(part_runs)} runs in "
                  f"{len({r.group for r in part_runs})} groups, {n} to submit")
+        fixed = sset.part(name).fixed
+        echo(f"{'  ' if sset.composite else ''}fixed (every run): "
+             + (", ".join(f"{k}={v}" for k, v in fixed.items()) or "none"))
         for r in part_runs:
             mark = "submit" if r.rel_dir in submit else "skip  "
             params = ", ".join(f"{k}={v}" for k, v in r.params.items())
@@ -275,6 +278,9 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
         params = slurm_parameters(res, sset.name)
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        echo(f"time limit: {params['time']} min per job; SLURM signals it {params['signal_delay_s']} s before the "
+             f"limit (USR2: checkpoint and requeue)")
+        echo(f"submitit folder: {store.submitit_dir().absolute()}")
         if limits is not None:
             name = res.get("partition") or limits.default_partition
             max_time = limits.partitions.get(name) if name else None
