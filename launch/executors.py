@@ -83,9 +83,12 @@ class ClusterLimits:
     default_partition: str | None
     max_job_count: int | None  # MaxJobCount: job records the controller holds at most
     jobs_held: int | None  # job records it holds now, every user's (array elements one by one)
+    max_submit: int | None = None  # this user's MaxSubmitJobs (association or QOS), where enforced
+    max_submit_from: str = ""  # whose limit that is
+    user_jobs: int | None = None  # this user's jobs queued or running now (array elements one by one)
 
 
-def cluster_limits() -> ClusterLimits | None:
+def cluster_limits(qos: str | None = None) -> ClusterLimits | None:
     """The cluster's limits; None when the scheduler cannot be asked (then nothing is checked)."""
     try:
         parts = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, timeout=20)
@@ -106,8 +109,48 @@ def cluster_limits() -> ClusterLimits | None:
         if fields.get("Default") == "YES":
             default = fields["PartitionName"]
     m = re.search(r"^MaxJobCount\s*=\s*(\d+)", config.stdout, re.M)
-    return ClusterLimits(partitions=partitions, default_partition=default, max_job_count=int(m.group(1)) if m else None,
-                         jobs_held=len(held.stdout.split()) if held.returncode == 0 else None)
+    limits = ClusterLimits(partitions=partitions, default_partition=default,
+                           max_job_count=int(m.group(1)) if m else None,
+                           jobs_held=len(held.stdout.split()) if held.returncode == 0 else None)
+    enforce = re.search(r"^AccountingStorageEnforce\s*=\s*(\S*)", config.stdout, re.M)
+    if enforce and {"limits", "safe"} & set(enforce.group(1).lower().split(",")):
+        _submit_limit(limits, qos)
+    return limits
+
+
+def _submit_limit(limits: ClusterLimits, qos: str | None) -> None:
+    """The tighter of the user's association MaxSubmitJobs and its QOS's MaxSubmitJobsPerUser, and how
+    many jobs the user has queued or running (what sbatch counts against them)."""
+    import getpass
+
+    user = getpass.getuser()
+
+    def sacctmgr(*args: str) -> list[list[str]]:
+        try:
+            p = subprocess.run(["sacctmgr", "-n", "-P", "show", *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [line.split("|") for line in p.stdout.splitlines()] if p.returncode == 0 else []
+
+    found: list[tuple[int, str]] = []
+    assocs = sacctmgr("assoc", "where", f"user={user}", "format=MaxSubmit,DefaultQOS")
+    for max_submit, default_qos in (row[:2] for row in assocs if len(row) >= 2):
+        if max_submit.isdigit():
+            found.append((int(max_submit), f"user {user}'s MaxSubmitJobs"))
+        qos = qos or default_qos or None
+    qos = qos or "normal"
+    for row in sacctmgr("qos", "where", f"name={qos}", "format=MaxSubmitPU"):
+        if row and row[0].isdigit():
+            found.append((int(row[0]), f"QOS {qos}'s MaxSubmitJobsPerUser"))
+    if not found:
+        return
+    try:
+        p = subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if p.returncode == 0:
+        limits.max_submit, limits.max_submit_from = min(found)
+        limits.user_jobs = len(p.stdout.split())
 
 
 def slurm_minutes(text: str) -> int | None:

@@ -125,7 +125,7 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
     check_signal_lead(sset, resources or {})
 
-    limits = cluster_limits() if cluster == "slurm" else None
+    limits = cluster_limits(res.get("qos")) if cluster == "slurm" else None
     check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
@@ -240,6 +240,13 @@ def check_cluster(sset: SpecSet, flags: dict[str, Any], n_jobs: int, limits: Clu
             raise SpecError("sweep launch", "MaxJobCount", f"{n_jobs} jobs to submit, but the cluster's MaxJobCount "
                             f"{limits.max_job_count} leaves room for {room} ({limits.jobs_held} job records held "
                             f"now); pack runs into fewer jobs (pack: N) or launch part of the grid (--only)")
+    if limits.max_submit is not None and limits.user_jobs is not None:
+        room = max(0, limits.max_submit - limits.user_jobs)
+        if n_jobs > room:
+            raise SpecError("sweep launch", "MaxSubmitJobs", f"{n_jobs} jobs to submit, but {limits.max_submit_from} "
+                            f"{limits.max_submit} leaves room for {room} ({limits.user_jobs} of yours queued or "
+                            f"running); pack runs into fewer jobs (pack: N), launch part of the grid (--only), or "
+                            f"launch the rest when jobs have ended")
 
 
 def _fmt_skipped(skipped: dict[str, int]) -> str:
@@ -287,6 +294,9 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             room = "" if limits.max_job_count is None or limits.jobs_held is None else \
                 f"; MaxJobCount {limits.max_job_count}, {limits.jobs_held} job records held: room for " \
                 f"{max(0, limits.max_job_count - limits.jobs_held)} jobs"
+            if limits.max_submit is not None and limits.user_jobs is not None:
+                room += (f"; {limits.max_submit_from} {limits.max_submit}, {limits.user_jobs} of yours queued or "
+                         f"running: room for {max(0, limits.max_submit - limits.user_jobs)}")
             echo(f"cluster: partition {name} (MaxTime {'unlimited' if max_time is None else f'{max_time} min'})"
                  + room)
         if arrays:

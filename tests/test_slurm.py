@@ -364,6 +364,38 @@ fi
     assert "submitted 1 runs" in out
 
 
+def test_the_users_submit_limit_is_checked_before_submitting(slurm, tmp_path: Path):
+    """MaxSubmitJobs (the user's association; a QOS's MaxSubmitJobsPerUser alike), which the test
+    cluster enforces: a launch over it is refused with one line before sbatch refuses it part-way."""
+    import getpass
+
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if "limits" not in next((x for x in config.splitlines() if x.startswith("AccountingStorageEnforce")), ""):
+        pytest.skip("this local SLURM predates AccountingStorageEnforce=limits: launch/local-slurm.sh restart")
+    user = getpass.getuser()
+    mine = len(subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], capture_output=True,
+                              text=True).stdout.split())
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    subprocess.check_call(["sacctmgr", "-i", "modify", "user", user, "set", f"MaxSubmitJobs={mine + 3}"],
+                          stdout=subprocess.DEVNULL)
+    try:
+        for dry in (["--dry-run"], []):
+            p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False)
+            assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+            head = f"error: sweep launch: MaxSubmitJobs: 8 jobs to submit, but user {user}'s MaxSubmitJobs {mine + 3} "
+            assert p.stderr.startswith(head + "leaves room for "), p.stderr
+            # 3, or a few more where jobs of earlier tests ended meanwhile
+            assert int(p.stderr[len(head + "leaves room for "):].split()[0]) < 8, p.stderr
+        assert read_jobs(Store(root), "grid") == {}
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a").stdout
+        assert "submitted 1 runs" in out
+    finally:
+        subprocess.check_call(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"],
+                              stdout=subprocess.DEVNULL)
+
+
 def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):
     spec = tmp_path / "grid.yaml"
     spec.write_text(GRID)
