@@ -159,7 +159,12 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 if jid not in local_alive:
                     local_alive[jid] = local_queue_alive(store, jid)
                 alive = local_alive[jid]
-                if alive is False:
+                gone = alive is False or (dstate == st.RUNNING and _died_here(d))
+                now = _ended_now(store, r) if gone else None
+                if now is not None:  # the worker finished the run and exited after its files were read
+                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED}[now["state"]]
+                    s.reason = None if s.state == COMPLETED else _last_line(now.get("error"))
+                elif alive is False:
                     s.state, s.reason = FAILED, "local worker exited before the run finished"
                 elif dstate == st.RUNNING and _died_here(d):
                     # its queue goes on with other workers, but the one running this run is gone
@@ -211,9 +216,15 @@ def _reread_ended(store: Store, runs: list[Run], disk: dict[str, dict[str, Any] 
         jid = str(d.get("job_id") or "")
         if sched.get(jid) not in _ENDED:
             continue
-        now = read_json(store.run_dir(r) / st.STATE_FILE)
-        if now and not now.get("_corrupt") and now.get("state") in st.ENDED:
+        now = _ended_now(store, r)
+        if now is not None:
             disk[r.rel_dir] = {**now, "job_id": jid}
+
+
+def _ended_now(store: Store, r: Run) -> dict[str, Any] | None:
+    """The run's state read now, when it says the run has ended (else None)."""
+    now = read_json(store.run_dir(r) / st.STATE_FILE)
+    return now if now and not now.get("_corrupt") and now.get("state") in st.ENDED else None
 
 
 def _died_here(d: dict[str, Any]) -> bool:

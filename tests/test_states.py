@@ -68,3 +68,29 @@ def test_retry_takes_a_list_of_states(tmp_path: Path, monkeypatch: pytest.Monkey
     assert launcher.plan(spec, runs, store, retry_failed=False).skipped == {"node_fail": 1, "out_of_memory": 1}
     with pytest.raises(UserError, match="--retry: unknown state 'oom'"):
         launcher.plan(spec, runs, store, retry_failed=False, retry=["oom"])
+
+
+def test_a_local_run_finished_by_a_worker_that_then_exited_is_completed(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """The local executor's twin of the sacct race: the run's files said running when read; its
+    worker then finished it and exited (the queue was empty) before status looked for the worker."""
+    from launch.store import write_json
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    spec = load_spec(tmp_path / "spec.yaml", root=tmp_path / "tree")
+    runs = expand(spec)
+    store = Store(spec.root)
+    (store.meta / "queue" / "q1").mkdir(parents=True)
+    write_json(store.meta / "queue" / "q1" / "workers.json", {"pids": [2 ** 22 + 1]})  # no such process
+    for r in runs:
+        store.update_state(r, state="running", job_id="local:q1")
+    real = stt.local_queue_alive
+
+    def the_worker_finishes_then_exits(*args: object) -> bool | None:
+        store.update_state(runs[0], state="completed")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stt, "local_queue_alive", the_worker_finishes_then_exits)
+    statuses, _ = stt.run_statuses(store, runs)
+    assert [s.state for s in statuses] == ["completed", "failed"]
+    assert statuses[1].reason == "local worker exited before the run finished"
