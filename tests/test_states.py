@@ -94,3 +94,19 @@ def test_a_local_run_finished_by_a_worker_that_then_exited_is_completed(tmp_path
     statuses, _ = stt.run_statuses(store, runs)
     assert [s.state for s in statuses] == ["completed", "failed"]
     assert statuses[1].reason == "local worker exited before the run finished"
+
+
+def test_wait_and_status_failed_count_every_way_of_not_completing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import json
+    import os
+
+    from tests.helpers import sweep
+
+    _tree(tmp_path, monkeypatch, ["NODE_FAIL", "COMPLETED"])
+    Store(tmp_path / "tree").update_state("x1/seed1", state="completed")
+    env = {"PATH": os.environ["PATH"]}
+    p = sweep("wait", tmp_path / "spec.yaml", "--root", tmp_path / "tree", "--interval", "0.1", check=False, env=env)
+    assert p.returncode == 1 and "1 runs did not complete (1 node fail)" in p.stderr, p.stderr
+    rows = json.loads(sweep("status", tmp_path / "spec.yaml", "--root", tmp_path / "tree", "--failed", "--json",
+                            env=env).stdout)["runs"]
+    assert [(r["rel_dir"], r["state"], r["reason"]) for r in rows] == [("x0/seed1", "node_fail", "scheduler: NODE_FAIL")]
