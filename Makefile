@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo
 
-.PHONY: demo test lint venv slurm-start slurm-stop mapping
+.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt
 
 $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,18 @@ demo: venv
 	$(BIN)/sweep collect $(DEMO_SPECS) --root $(OUT)/checkpoints -o $(OUT)/results.parquet
 	$(BIN)/sweep plot $(OUT)/results.parquet -o $(OUT)/plots
 	$(BIN)/sweep summary $(OUT)/results.parquet
+
+# The papers' findings at CPU scale (REPRODUCTION.md): the sortgpt length-generalization grid,
+# reduced (sweeps/reproduce_sortgpt.yaml, ~15 min on 2 cores), and the COCONUT modes on ProsQA-mini.
+REPRO ?= reproduce
+reproduce: reproduce-sortgpt
+
+reproduce-sortgpt: venv
+	$(BIN)/sweep launch sweeps/reproduce_sortgpt.yaml --cluster local --root $(REPRO)/sortgpt/checkpoints
+	$(BIN)/sweep wait sweeps/reproduce_sortgpt.yaml --root $(REPRO)/sortgpt/checkpoints
+	$(BIN)/sweep collect sweeps/reproduce_sortgpt.yaml --root $(REPRO)/sortgpt/checkpoints -o $(REPRO)/sortgpt/results.parquet
+	$(BIN)/sweep plot $(REPRO)/sortgpt/results.parquet -o $(REPRO)/sortgpt/plots
+	$(BIN)/sweep summary $(REPRO)/sortgpt/results.parquet | tee $(REPRO)/sortgpt/summary.md
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv

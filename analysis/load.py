@@ -103,10 +103,14 @@ def family_frame(frame: pd.DataFrame, family: str, path: Path) -> pd.DataFrame:
 
 def with_sortgpt_columns(rows: pd.DataFrame) -> pd.DataFrame:
     """Add ``train_k`` (largest training length) and ``length_config``: fixed when
-    train_min_k == train_max_k, else the length_mode (mix | curriculum)."""
+    train_min_k == train_max_k, else the length_mode (mix | curriculum); and
+    ``budget``, the training sequences of a run (max_iters x batch_size)."""
     rows["train_k"] = rows["train_max_k"]
     rows["length_config"] = rows["length_mode"].astype(str).where(
         rows["train_min_k"] != rows["train_max_k"], "fixed")
+    if "max_iters" in rows.columns and "batch_size" in rows.columns:
+        # Training budget in sequences seen (iterations x batch): a budget curve varies it.
+        rows["budget"] = (rows["max_iters"].astype("int64") * rows["batch_size"].astype("int64"))
     return rows
 
 

@@ -2,7 +2,8 @@
 
 sortgpt: OOD exact match vs test K per (layers, MLP) panel; a heatmap of mean OOD exact
 match over train K x configuration, LayerNorm vs none side by side; ID vs OOD scatter;
-training curves per architecture. coconut: validation accuracy per epoch with the
+training curves per architecture; OOD exact match vs training budget when the table holds
+runs of several budgets (the grid's figures then show the most common budget). coconut: validation accuracy per epoch with the
 latent-stage switches marked; loss curves; the best-epoch table.
 
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot): PNGs are
@@ -35,7 +36,9 @@ from analysis.load import (
 )
 from analysis.summary import (
     CONFIG_ORDER,
+    THRESHOLD,
     arch_columns,
+    budget_columns,
     coconut_best_epochs,
     coconut_run_epochs,
     mode_rank,
@@ -134,15 +137,63 @@ def mean_std_over_runs(table: pd.DataFrame, keys: list[str], value: str) -> pd.D
 # -- sortgpt -------------------------------------------------------------------------
 
 def sortgpt_figures(rows: pd.DataFrame, step: int | None) -> tuple[list[Rendered], list[str]]:
-    scores, notes = sortgpt_run_scores(rows, step)
+    figures: list[Rendered] = []
+    notes: list[str] = []
+    if budget_columns(rows):
+        # A budget curve beside a grid: the curve gets its own figure; the grid's figures
+        # show the budget most runs have (a cell never mixes budgets), and say so.
+        figures.append(budget_figure(rows, step))
+        runs = rows.drop_duplicates("run_key")
+        counts = runs["budget"].value_counts()
+        main = int(max(counts.index, key=lambda b: (counts[b], b)))
+        others = int((runs["budget"] != main).sum())
+        notes.append(f"sortgpt: {others} runs at other training budgets are shown in sortgpt_budget only; "
+                     f"the other figures show the {int(counts[main])} runs at budget {main:,} sequences")
+        rows = rows[rows["budget"] == main].drop(columns="budget")
+    scores, more = sortgpt_run_scores(rows, step)
+    notes += more
     gen, _ = at_step(rows, ("test", "gen"), step)
     gen = gen[gen["split"] == "gen"]
     train_ks = sorted(int(k) for k in rows["train_k"].unique())
-    figures = list(ood_vs_k_figures(gen, rows, train_ks, step))
+    figures.extend(ood_vs_k_figures(gen, rows, train_ks, step))
     figures.append(heatmap_figure(scores, step))
     figures.append(id_vs_ood_figure(scores, train_ks, step))
     figures.extend(training_figures(rows, train_ks))
     return figures, notes
+
+
+def budget_figure(rows: pd.DataFrame, step: int | None) -> Rendered:
+    """Mean OOD exact match against training budget (sequences = iterations x batch),
+    a line per cell (architecture, configuration, train K) trained at several budgets;
+    the 95 % line marks where a cell "reaches" (analysis.summary.THRESHOLD)."""
+    scores, _ = sortgpt_run_scores(rows, step)
+    cell = arch_columns(scores) + ["length_config", "train_k"]
+    curves = scores.dropna(subset=["ood_exact_match"]).groupby(cell, sort=False).filter(
+        lambda c: c["budget"].nunique() > 1)
+    data = order_cells(mean_std_over_runs(curves, cell + ["budget"], "ood_exact_match"), cell + ["budget"])
+    train_ks = sorted(int(k) for k in rows["train_k"].unique())
+    fig = Figure(figsize=(8.0, 4.8), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for values, line in data.groupby(cell, sort=False):
+        where = dict(zip(cell, values, strict=True))
+        arch = {k: where[k] for k in arch_columns(scores)}
+        label = f"{arch_label(**arch)}; {where['length_config']}, train K = {where['train_k']}"
+        band(ax, line["budget"], line["mean"], line["std"], label=label,
+             color=config_color(where["length_config"], where["train_k"], train_ks))
+        for x, y, n in zip(line["budget"], line["mean"], line["n_runs"], strict=True):
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7)
+    ax.axhline(THRESHOLD, color="#999999", linestyle=":", linewidth=1, label=f"{THRESHOLD:.0%}")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    percent_axis(ax)
+    ax.set_xlabel("training budget (sequences = iterations x batch size, log scale)")
+    ax.set_ylabel("OOD exact match (% of lists, mean over test K)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    ax.set_title(f"sortgpt: out-of-distribution exact match vs training budget\n"
+                 f"({step_text(step)}; mean ± std over seeds)")
+    return Rendered("sortgpt_budget", fig, data.rename(columns={"mean": "ood_exact_match_mean",
+                                                                "std": "ood_exact_match_std"}))
 
 
 def step_text(step: int | None) -> str:

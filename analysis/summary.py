@@ -2,8 +2,9 @@
 
 sortgpt: the OOD exact match of a run is the mean over its out-of-distribution lengths
 (split ``gen``) of ``exact_match_acc`` at the chosen step (its final checkpoint by
-default). Cells are (architecture, length configuration, train K); ``n_runs`` counts
-distinct runs, never rows.
+default). Cells are (architecture, length configuration, train K) — and training budget
+(max_iters x batch_size) when the table holds several; ``n_runs`` counts distinct runs,
+never rows.
 
 coconut: the best validation epoch of each run, and its final validation accuracy.
 """
@@ -27,8 +28,14 @@ def arch_columns(rows: pd.DataFrame) -> list[str]:
     return ARCH_COLUMNS + extra
 
 
+def budget_columns(rows: pd.DataFrame) -> list[str]:
+    """["budget"] when the table holds runs of more than one training budget (a budget
+    curve beside a grid): runs of different budgets are then never one cell."""
+    return ["budget"] if "budget" in rows.columns and rows["budget"].nunique() > 1 else []
+
+
 def cell_columns(rows: pd.DataFrame) -> list[str]:
-    return arch_columns(rows) + ["length_config", "train_k"]
+    return arch_columns(rows) + ["length_config", "train_k"] + budget_columns(rows)
 
 
 # -- sortgpt -------------------------------------------------------------------------
@@ -65,7 +72,7 @@ def sortgpt_cells(scores: pd.DataFrame) -> pd.DataFrame:
 def smallest_train_k(cells: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
     """Per (architecture, configuration): the smallest train K whose mean OOD exact match
     reaches ``threshold``, or ``never``."""
-    keys = arch_columns(cells) + ["length_config"]
+    keys = arch_columns(cells) + ["length_config"] + budget_columns(cells)
     rows = []
     for key, cell in cells.groupby(keys, sort=False):
         reached = cell.loc[cell["ood_exact_match_mean"] >= threshold, "train_k"]
@@ -147,7 +154,7 @@ def _cell_text(value: object) -> str:
 
 def sortgpt_markdown(cells: pd.DataFrame, thresholds: pd.DataFrame, step_label: str) -> str:
     arch = arch_columns(cells)
-    shown = cells[arch + ["length_config", "train_k"]].rename(columns=_HEADINGS).copy()
+    shown = cells[arch + ["length_config", "train_k"] + budget_columns(cells)].rename(columns=_HEADINGS).copy()
     shown["OOD exact match (mean ± std)"] = [
         mean_std(m, s) for m, s in zip(cells["ood_exact_match_mean"], cells["ood_exact_match_std"], strict=True)]
     shown["n_runs"] = cells["n_runs"]
@@ -172,11 +179,11 @@ def coconut_markdown(best: pd.DataFrame) -> str:
 
 
 _HEADINGS = {"n_layers": "layers", "use_mlp": "MLP", "use_layernorm": "LayerNorm", "no_pos_emb": "no pos. emb.",
-             "length_config": "length config", "train_k": "train K"}
+             "length_config": "length config", "train_k": "train K", "budget": "budget (sequences)"}
 
 
 def sortgpt_csv(cells: pd.DataFrame, thresholds: pd.DataFrame) -> str:
     """One flat CSV: each cell row also carries its (architecture, configuration) threshold."""
-    keys = arch_columns(cells) + ["length_config"]
+    keys = arch_columns(cells) + ["length_config"] + budget_columns(cells)
     table = cells.merge(thresholds, on=keys, how="left")
     return table.to_csv(index=False)

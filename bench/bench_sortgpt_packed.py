@@ -9,6 +9,7 @@ amount of them). All rows of a device are measured in one invocation, in
 interleaved rounds (median of --rounds), so the ratios are side by side.
 
     python bench/bench_sortgpt_packed.py [--packs 1,4,16,64] [--devices cpu,cuda] [--compile [MODE]]
+                                         [--cpu-setups ci,micro,reproduce] [--threads N]
 
 CPU rows use the CI-sized model (vocab 32, d 32, 2 layers, MLP, LayerNorm,
 batch 64, K 2–6; compute-bound on a CPU core) and the unit tests' micro model
@@ -53,6 +54,23 @@ def micro_cpu_config() -> dict:
         "vocab_n": 16, "n_embd": 16, "n_layers": 1, "train_min_k": 2, "train_max_k": 4, "test_min_k": 5,
         "test_max_k": 6, "batch_size": 16, "max_iters": 40, "warmup_iters": 5, "max_lr": 1e-3,
         "eval_every": 10**9, "device": "cpu"}
+
+
+def reproduce_config(n_layers: int, use_mlp: bool, k: int) -> dict:
+    """A run of the reduced protocol (sweeps/reproduce_sortgpt.yaml: vocab 64, d 64,
+    batch 256, fixed K), the shape `make reproduce-sortgpt` spends its time on."""
+    return EXPERIMENT.defaults() | {
+        "vocab_n": 64, "n_embd": 64, "n_layers": n_layers, "use_mlp": use_mlp, "train_min_k": k, "train_max_k": k,
+        "test_min_k": 9, "test_max_k": 16, "batch_size": 256, "max_iters": 2000, "warmup_iters": 50,
+        "max_lr": 1e-2, "min_lr": 1e-4, "eval_every": 10**9, "device": "cpu"}
+
+
+CPU_SETUPS = {
+    "ci": [("CI d32 L2 B64 K 2-6", tiny_cpu_config)],
+    "micro": [("micro d16 L1 B16 K 2-4", micro_cpu_config)],
+    "reproduce": [("reproduce d64 L1 no-MLP B256 K 4", lambda: reproduce_config(1, False, 4)),
+                  ("reproduce d64 L2 MLP B256 K 8", lambda: reproduce_config(2, True, 8))],
+}
 
 
 def reference_config(k_range: tuple[int, int]) -> dict:
@@ -138,6 +156,7 @@ def main() -> None:
     parser.add_argument("--packs", default="1,4,16,64", help="pack sizes N")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped when absent")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--cpu-setups", default="ci,micro", help=f"CPU configs: {', '.join(CPU_SETUPS)}")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.6, help="minimum timed seconds per row and round")
     parser.add_argument("--compile", nargs="?", const="default", default=None, choices=sorted(COMPILE_MODES),
@@ -161,7 +180,7 @@ def main() -> None:
             torch.backends.cudnn.allow_tf32 = True
             setups = [("ref K 4", reference_config((4, 4))), ("ref K 2-16", reference_config((2, 16)))]
         else:
-            setups = [("CI d32 L2 B64 K 2-6", tiny_cpu_config()), ("micro d16 L1 B16 K 2-4", micro_cpu_config())]
+            setups = [(label, make()) for name in args.cpu_setups.split(",") for label, make in CPU_SETUPS[name]]
         for label, cfg in setups:
             rates = measure(cfg, device, packs, args.rounds, args.seconds, warmup=3 if device.type == "cpu" else 10,
                             compile_mode=compile_mode_of(args.compile or False), overhead=args.bucket_overhead)
