@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from launch.executors import max_array_size
+from launch.executors import max_array_size, pid_alive
 from launch.spec import load_spec
 from launch.spec_set import expand_set, load_spec_set
 from launch.tasks import expand
@@ -67,8 +67,9 @@ def test_len_gen_expands_exactly_as_its_four_parts(monkeypatch: pytest.MonkeyPat
 
 def test_len_gen_dry_run_is_one_plan_and_writes_nothing(tmp_path: Path):
     root = tmp_path / "tree"
+    # --partition debug: where the test SLURM runs, its one partition (the spec's gpu would be refused)
     out = sweep("launch", "sweeps/len_gen.yaml", "--cluster", "slurm", "--root", root, "--dry-run",
-                cwd=REPO).stdout
+                "--partition", "debug", cwd=REPO).stdout
     assert out.startswith("spec len_gen (sweeps/len_gen.yaml): composite of 4 specs, experiment sortgpt, 504 runs")
     for name, n in zip(LEN_GEN_PARTS, (168, 168, 84, 84)):
         assert f"part {name} (sweeps/{name}.yaml): {n} runs in 7 groups, {n} to submit" in out
@@ -81,7 +82,7 @@ def test_len_gen_dry_run_is_one_plan_and_writes_nothing(tmp_path: Path):
     assert not root.exists()
 
     out = sweep("launch", "sweeps/len_gen.yaml", "--cluster", "slurm", "--root", root, "--dry-run",
-                "--only", "use_layernorm=false", cwd=REPO).stdout
+                "--partition", "debug", "--only", "use_layernorm=false", cwd=REPO).stdout
     assert "would submit 252 runs" in out and "part len_gen_dynamic_ln" not in out
     assert "part len_gen_fixed_no_ln (sweeps/len_gen_fixed_no_ln.yaml): 84 runs" in out
 
@@ -162,6 +163,9 @@ def test_renumbering_a_part_is_refused_through_the_composite(tmp_path: Path):
     root = tmp_path / "tree"
     sweep("launch", tmp_path / "a.yaml", "--cluster", "local", "--root", root)
     wait_for(lambda: done(tmp_path / "a.yaml", root), timeout=120, what="part a")
+    # and its local workers gone: they write their submitit result after the last run completed
+    wait_for(lambda: not any(pid_alive(pid) for w in (root / ".sweep" / "queue").glob("*/workers.json")
+                             for pid in json.loads(w.read_text())["pids"]), timeout=60, what="part a's workers")
     # a value inserted before the launched ones renumbers the tasks of part a
     (tmp_path / "a.yaml").write_text((tmp_path / "a.yaml").read_text().replace("[a, b]", "[c, a, b]"))
     before = tree_snapshot(tmp_path)
