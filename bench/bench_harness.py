@@ -88,7 +88,8 @@ def main() -> None:
     while True:
         _, s = sweep("status", str(spec2), "--root", str(out / "tree2"), "--json")
         c = json.loads(s[s.index("{"):])["counts"]["bench_packed"]
-        if c["completed"] + c["failed"] == args.n * args.n:
+        if sum(n for k, n in c.items() if k not in ("not_submitted", "pending", "running", "requeued")) \
+                == args.n * args.n:  # every run ended (completed, failed, timeout, ...)
             break
         if time.time() - t0 > 1800:
             raise SystemExit(f"runs did not finish: {c}")

@@ -121,7 +121,11 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @root_option
 @only_option
 @click.option("--dry-run", is_flag=True, help="Print runs, arrays and sbatch parameters; write nothing.")
-@click.option("--retry-failed", is_flag=True, help="Also resubmit failed (and cancelled) runs.")
+@click.option("--retry", "retry", default=None, metavar="STATES",
+              help="Also resubmit runs that ended in these states, e.g. failed,timeout,node_fail "
+                   "(failed, cancelled, timeout, out_of_memory, node_fail, preempted).")
+@click.option("--retry-failed", is_flag=True, help="Also resubmit every run that ended without completing "
+                                                   "(--retry with all those states).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Local executor: runs at once (default: CPU count).")
 @click.option("--partition", default=None)
@@ -135,11 +139,17 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @click.option("--setup", multiple=True, help="A shell line run before the job (repeatable).")
 @click.option("--throttle", "array_parallelism", type=click.IntRange(min=1), default=None,
               help="At most N array elements at once (%N).")
-def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool,
+@click.option("--signal-delay", "signal_delay_s", type=click.IntRange(min=1), default=None,
+              help="Seconds before the time limit SLURM signals the job to checkpoint and requeue "
+                   "(default: a quarter of --time, at most 90).")
+def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool, retry: str | None,
            retry_failed: bool, concurrency: int | None, **resources: Any) -> None:
     """Submit the runs of SPEC that are not done yet; returns at once."""
     from launch.launcher import launch as do_launch
+    from launch.launcher import retry_states
 
+    retry_list = [x.strip() for x in (retry or "").split(",") if x.strip()]
+    retry_states(retry_failed, retry_list)  # an unknown state: before anything is read
     spec, runs = _load(spec_path, root, only)
     if not runs:
         raise UserError(f"--only {only!r} matches no run of {spec_path}")
@@ -148,7 +158,7 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
         res["setup"] = list(res["setup"])
     if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
         res["mem_gb"] = int(res["mem_gb"])
-    do_launch(spec, runs, cluster, retry_failed=retry_failed, dry_run=dry_run, resources=res,
+    do_launch(spec, runs, cluster, retry_failed=retry_failed, retry=retry_list, dry_run=dry_run, resources=res,
               concurrency=concurrency, echo=click.echo)
 
 
@@ -182,7 +192,7 @@ def _launched_specs(root: str | None) -> tuple[str, ...]:
 @root_option
 @only_option
 @click.option("-v", "--verbose", is_flag=True, help="One row per run.")
-@click.option("--failed", is_flag=True, help="Rows for failed runs only, with the reason.")
+@click.option("--failed", is_flag=True, help="Rows for runs that ended without completing only, with the reason.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--no-scheduler", is_flag=True, help="Do not query SLURM; disk state only.")
 def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
@@ -202,7 +212,7 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
             click.echo(f"warning: {warning}", err=True)
         c = stt.counts(statuses)
         all_counts[spec.name] = c
-        shown = [s for s in statuses if not failed or s.state == stt.FAILED]
+        shown = [s for s in statuses if not failed or s.state in stt.FAILURES]
         rows = [s.row() for s in shown]
         all_rows += [{"spec": s.run.spec, **r} for s, r in zip(shown, rows)] if (verbose or failed) else []
         part_counts = {name: stt.counts([s for s in statuses if s.run.spec == name])
@@ -270,7 +280,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     if local:
         cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
     for s in active:
-        store.update_state(s.run, state=st.FAILED, ended_at=time.time(), error="cancelled by sweep cancel")
+        store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error="cancelled by sweep cancel")
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
 
 
@@ -282,7 +292,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 @click.option("--interval", type=FiniteFloatRange(min=0.1), default=5.0, show_default=True)
 def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeout_s: float | None,
          interval: float) -> None:
-    """Block until no run of SPEC is pending or running; exit 1 if any failed."""
+    """Block until no run of SPEC is pending or running; exit 1 if any did not complete."""
     from launch import status as stt
     from launch.store import Store
 
@@ -312,8 +322,10 @@ def wait(spec_paths: tuple[str, ...], root: str | None, only: str | None, timeou
             click.echo(f"still active after {timeout_s:.0f}s", err=True)
             sys.exit(1)
         time.sleep(interval)
-    if total.get(stt.FAILED):
-        click.echo(f"{total[stt.FAILED]} runs failed: see `sweep status --failed`", err=True)
+    ended = {k: total[k] for k in stt.FAILURES if total.get(k)}
+    if ended:
+        click.echo(f"{sum(ended.values())} runs did not complete ({_fmt_counts(ended)}): "
+                   f"see `sweep status --failed`", err=True)
         sys.exit(1)
 
 

@@ -32,19 +32,30 @@ from launch.store import Store, read_json, write_json
 
 DEFAULT_TIME_MIN = 60
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+MAX_SIGNAL_LEAD_S = 90  # submitit's default --signal=USR2@90
+
+
+def signal_lead_s(resources: dict[str, Any]) -> int:
+    """Seconds before the time limit that SLURM signals the job (USR2: checkpoint, requeue).
+
+    ``signal_delay_s`` when given; else a quarter of the time limit, at most submitit's 90 s.
+    (submitit's fixed 90 s signals a 1-minute job at once and a 2-minute one every 30 s.)"""
+    if "signal_delay_s" in resources:
+        return int(resources["signal_delay_s"])
+    return min(MAX_SIGNAL_LEAD_S, 60 * int(resources.get("time_min", DEFAULT_TIME_MIN)) // 4)
 
 
 def slurm_parameters(resources: dict[str, Any], job_name: str) -> dict[str, Any]:
     """Spec ``resources`` -> submitit SlurmExecutor parameters."""
     p: dict[str, Any] = {"job_name": job_name, "time": resources.get("time_min", DEFAULT_TIME_MIN),
-                         "cpus_per_task": resources.get("cpus", 1)}
+                         "cpus_per_task": resources.get("cpus", 1), "signal_delay_s": signal_lead_s(resources)}
     if "partition" in resources:
         p["partition"] = resources["partition"]
     if resources.get("gpus"):
         p["gpus_per_node"] = resources["gpus"]
     if "mem_gb" in resources:
         p["mem"] = f"{resources['mem_gb']}G"
-    for key in ("account", "qos", "constraint", "setup", "nodes", "signal_delay_s"):
+    for key in ("account", "qos", "constraint", "setup", "nodes"):
         if key in resources:
             p[key] = resources[key]
     if "tasks_per_node" in resources:
@@ -64,6 +75,101 @@ def max_array_size() -> int:
     return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
+@dataclass
+class ClusterLimits:
+    """What the cluster allows, read before submitting (``scontrol``, ``squeue``)."""
+
+    partitions: dict[str, int | None]  # name -> MaxTime in minutes (None: unlimited)
+    default_partition: str | None
+    max_job_count: int | None  # MaxJobCount: job records the controller holds at most
+    jobs_held: int | None  # job records it holds now, every user's (array elements one by one)
+    max_submit: int | None = None  # this user's MaxSubmitJobs (association or QOS), where enforced
+    max_submit_from: str = ""  # whose limit that is
+    user_jobs: int | None = None  # this user's jobs queued or running now (array elements one by one)
+
+
+def cluster_limits(qos: str | None = None) -> ClusterLimits | None:
+    """The cluster's limits; None when the scheduler cannot be asked (then nothing is checked)."""
+    try:
+        parts = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, timeout=20)
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20)
+        held = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if parts.returncode != 0:
+        return None
+    partitions: dict[str, int | None] = {}
+    default = None
+    for line in parts.stdout.splitlines():
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+        if "PartitionName" not in fields:
+            continue
+        partitions[fields["PartitionName"]] = slurm_minutes(fields.get("MaxTime", "UNLIMITED"))
+        if fields.get("Default") == "YES":
+            default = fields["PartitionName"]
+    m = re.search(r"^MaxJobCount\s*=\s*(\d+)", config.stdout, re.M)
+    limits = ClusterLimits(partitions=partitions, default_partition=default,
+                           max_job_count=int(m.group(1)) if m else None,
+                           jobs_held=len(held.stdout.split()) if held.returncode == 0 else None)
+    enforce = re.search(r"^AccountingStorageEnforce\s*=\s*(\S*)", config.stdout, re.M)
+    if enforce and {"limits", "safe"} & set(enforce.group(1).lower().split(",")):
+        _submit_limit(limits, qos)
+    return limits
+
+
+def _submit_limit(limits: ClusterLimits, qos: str | None) -> None:
+    """The tighter of the user's association MaxSubmitJobs and its QOS's MaxSubmitJobsPerUser, and how
+    many jobs the user has queued or running (what sbatch counts against them)."""
+    import getpass
+
+    user = getpass.getuser()
+
+    def sacctmgr(*args: str) -> list[list[str]]:
+        try:
+            p = subprocess.run(["sacctmgr", "-n", "-P", "show", *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [line.split("|") for line in p.stdout.splitlines()] if p.returncode == 0 else []
+
+    found: list[tuple[int, str]] = []
+    assocs = sacctmgr("assoc", "where", f"user={user}", "format=MaxSubmit,DefaultQOS")
+    for max_submit, default_qos in (row[:2] for row in assocs if len(row) >= 2):
+        if max_submit.isdigit():
+            found.append((int(max_submit), f"user {user}'s MaxSubmitJobs"))
+        qos = qos or default_qos or None
+    qos = qos or "normal"
+    for row in sacctmgr("qos", "where", f"name={qos}", "format=MaxSubmitPU"):
+        if row and row[0].isdigit():
+            found.append((int(row[0]), f"QOS {qos}'s MaxSubmitJobsPerUser"))
+    if not found:
+        return
+    try:
+        p = subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    if p.returncode == 0:
+        limits.max_submit, limits.max_submit_from = min(found)
+        limits.user_jobs = len(p.stdout.split())
+
+
+def slurm_minutes(text: str) -> int | None:
+    """A SLURM time (``UNLIMITED``, ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in whole
+    minutes, rounded up; None when unlimited."""
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE", "NONE", ""):
+        return None
+    days, _, rest = text.rpartition("-")
+    nums = [int(x) for x in rest.split(":")]
+    if days:
+        nums += [0] * (3 - len(nums))
+        h, mi, sec = nums
+    else:
+        h, mi, sec = {1: (0, nums[0], 0), 2: (0, *nums), 3: tuple(nums)}[len(nums)]
+    seconds = ((int(days or 0) * 24 + h) * 60 + mi) * 60 + sec
+    return -(-seconds // 60)
+
+
 def chunks(units: list[list[str]], size: int) -> list[list[list[str]]]:
     """Split units into job arrays of at most ``size`` elements (indices 0..size-1)."""
     return [units[i:i + size] for i in range(0, len(units), size)]
@@ -81,8 +187,39 @@ def submitit_command() -> str:
 
 def render_sbatch(params: dict[str, Any], folder: Path, n: int) -> str:
     """The sbatch script submitit will write for an array of ``n`` elements."""
+    folder = folder.absolute()  # as submitit makes it: a relative tree root is taken from here
     cmd = f"{submitit_command()} {shlex.quote(str(folder))}"
     return _make_sbatch_string(command=cmd, folder=folder, map_count=n if n > 1 else None, **params)
+
+
+class _SlurmExecutor(submitit.SlurmExecutor):
+    """submitit's, leaving nothing behind when sbatch refuses a submission: the pickles it wrote
+    for the array's elements (up to MaxArraySize of them) and the sbatch script are removed."""
+
+    def _internal_process_submissions(
+            self, delayed_submissions: list[submitit.core.utils.DelayedSubmission]) -> list[submitit.Job[Any]]:
+        written: list[Path] = []
+        for d in delayed_submissions:
+            _record_dump(d, written)
+        try:
+            return super()._internal_process_submissions(delayed_submissions)
+        except BaseException as e:
+            for path in written:
+                path.unlink(missing_ok=True)
+            cmd = getattr(e.__cause__, "cmd", None)  # CalledProcessError of ["sbatch", <script>]
+            if isinstance(cmd, list) and len(cmd) == 2 and Path(cmd[1]).name.startswith(".submission_file_"):
+                Path(cmd[1]).unlink(missing_ok=True)
+            raise
+
+
+def _record_dump(d: submitit.core.utils.DelayedSubmission, written: list[Path]) -> None:
+    """Note where submitit pickles ``d`` (the wrapper takes itself off first: it is not pickled)."""
+    def dump(filepath: str | Path) -> None:
+        del d.dump
+        written.append(Path(filepath))
+        d.dump(filepath)
+
+    d.dump = dump  # type: ignore[method-assign]
 
 
 class SlurmBackend:
@@ -95,7 +232,7 @@ class SlurmBackend:
         self.folder = store.submitit_dir()
 
     def _executor(self) -> submitit.SlurmExecutor:
-        ex = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=1000)
+        ex = _SlurmExecutor(folder=self.folder, max_num_timeout=1000)
         ex.update_parameters(**self.params)
         return ex
 

@@ -13,19 +13,24 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from launch import status as stt
 from launch import store as st
-from launch.errors import UserError
+from launch.errors import SpecError, UserError
 from launch.executors import (
+    DEFAULT_TIME_MIN,
+    ClusterLimits,
     LocalBackend,
     SlurmBackend,
     Submitted,
     chunks,
+    cluster_limits,
     max_array_size,
     render_sbatch,
+    signal_lead_s,
     slurm_parameters,
 )
 from launch.spec import Spec
@@ -68,13 +73,28 @@ def pack_units(runs: list[Run], pack: int | str, experiment: Any = None) -> list
     return units
 
 
-def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool, query: bool = True) -> LaunchPlan:
+def retry_states(retry_failed: bool = False, retry: Collection[str] = ()) -> set[str]:
+    """The end states whose runs a launch resubmits: ``--retry failed,timeout`` names them;
+    ``--retry-failed`` is every way a run can end without completing (what ``failed`` covered
+    before the scheduler's reasons had states of their own)."""
+    unknown = sorted(set(retry) - set(stt.FAILURES))
+    if unknown:
+        raise UserError(f"sweep launch: --retry: unknown state {unknown[0]!r} (use any of: "
+                        f"{', '.join(stt.FAILURES)})")
+    return set(stt.FAILURES) if retry_failed else set(retry)
+
+
+def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool, query: bool = True,
+         retry: Collection[str] = ()) -> LaunchPlan:
     sset = as_set(spec)
+    again = retry_states(retry_failed, retry)
     statuses, warning = stt.run_statuses(store, runs, query=query)
     skipped: dict[str, int] = {}
     todo = []
     for s in statuses:
-        if s.state == stt.NOT_SUBMITTED or (retry_failed and s.state == stt.FAILED):
+        if s.state in again and _finished_since(store, s.run):
+            s.state = stt.COMPLETED
+        if s.state == stt.NOT_SUBMITTED or s.state in again:
             todo.append(s.run)
         else:
             skipped[s.state] = skipped.get(s.state, 0) + 1
@@ -83,8 +103,14 @@ def plan(spec: Spec | SpecSet, runs: list[Run], store: Store, retry_failed: bool
     return LaunchPlan(to_submit=todo, skipped=skipped, units=units, warning=warning)
 
 
+def _finished_since(store: Store, run: Run) -> bool:
+    """A run about to be retried whose own state.json says completed now: its job ended after
+    the status was read. Read here, under the launch lock, so a finished run is never retrained."""
+    return store.state(run).get("state") == st.COMPLETED
+
+
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
-           dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
+           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
            echo: Any = print) -> LaunchPlan:
     sset = as_set(spec)
     store = Store(sset.root)
@@ -97,21 +123,26 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     res = {**sset.resources, **(resources or {})}
     if cluster not in ("slurm", "local"):
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
+    check_signal_lead(sset, resources or {})
 
+    limits = cluster_limits(res.get("qos")) if cluster == "slurm" else None
+    check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
-        p = plan(sset, runs, store, retry_failed, query=cluster == "slurm")
-        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo)
+        p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
+        check_cluster(sset, resources or {}, len(p.units), limits)
+        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits)
         return p
 
     with contextlib.ExitStack() as locks:
         for name in sorted(parts):  # one order for every launch: no deadlock between overlapping ones
             locks.enter_context(store.lock(name))
-        p = plan(sset, runs, store, retry_failed)
+        p = plan(sset, runs, store, retry_failed, retry=retry)
         if p.warning:
             echo(f"warning: {p.warning}")
         if not p.to_submit:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
+        check_cluster(sset, resources or {}, len(p.units), limits)
         if cluster == "slurm":
             backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
             array_size = max_array_size()
@@ -168,16 +199,68 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         return p
 
 
+def check_signal_lead(sset: SpecSet, flags: dict[str, Any]) -> None:
+    """Refuse a signal lead (``signal_delay_s``) not shorter than the time limit: SLURM would
+    signal (checkpoint, requeue) the job as soon as it starts, again and again."""
+    res = {**sset.resources, **flags}
+    lead, limit_s = signal_lead_s(res), 60 * int(res.get("time_min", DEFAULT_TIME_MIN))
+    if lead < limit_s:
+        return
+    time_from = (f"--time {flags['time_min']}" if "time_min" in flags else
+                 f"resources.time_min: {res['time_min']}" if "time_min" in res else "the default time")
+    problem = (f"{lead} s is not shorter than the time limit ({time_from} min = {limit_s} s): SLURM would "
+               f"signal the job to requeue as soon as it starts; use a shorter lead or a longer time")
+    if "signal_delay_s" in flags:
+        raise SpecError("sweep launch", "--signal-delay", problem)
+    raise SpecError(sset.parts[0].file, "resources.signal_delay_s", problem)
+
+
+def check_cluster(sset: SpecSet, flags: dict[str, Any], n_jobs: int, limits: ClusterLimits | None) -> None:
+    """Refuse, before anything is submitted, what the cluster would refuse or never run: a partition
+    it does not have, a time limit over the partition's MaxTime, more jobs than MaxJobCount leaves room for."""
+    if limits is None:  # the scheduler cannot be asked: sbatch will say
+        return
+    res = {**sset.resources, **flags}
+
+    def where(key: str, flag: str) -> tuple[str, str]:
+        return ("sweep launch", flag) if key in flags else (sset.parts[0].file, f"resources.{key}")
+
+    if "partition" in res and res["partition"] not in limits.partitions:
+        raise SpecError(*where("partition", "--partition"), f"no partition {res['partition']!r} on this cluster "
+                        f"(partitions: {', '.join(sorted(limits.partitions)) or 'none'})")
+    name = res.get("partition") or limits.default_partition
+    max_time = limits.partitions.get(name) if name else None
+    time_min = int(res.get("time_min", DEFAULT_TIME_MIN))
+    if max_time is not None and time_min > max_time:
+        given = f"{time_min} min" if "time_min" in res else f"not given: the default {time_min} min"
+        raise SpecError(*where("time_min", "--time"), f"{given} is more than partition {name}'s MaxTime "
+                        f"({max_time} min): SLURM would refuse the jobs or leave them pending for good")
+    if limits.max_job_count is not None and limits.jobs_held is not None:
+        room = max(0, limits.max_job_count - limits.jobs_held)
+        if n_jobs > room:
+            raise SpecError("sweep launch", "MaxJobCount", f"{n_jobs} jobs to submit, but the cluster's MaxJobCount "
+                            f"{limits.max_job_count} leaves room for {room} ({limits.jobs_held} job records held "
+                            f"now); pack runs into fewer jobs (pack: N) or launch part of the grid (--only)")
+    if limits.max_submit is not None and limits.user_jobs is not None:
+        room = max(0, limits.max_submit - limits.user_jobs)
+        if n_jobs > room:
+            raise SpecError("sweep launch", "MaxSubmitJobs", f"{n_jobs} jobs to submit, but {limits.max_submit_from} "
+                            f"{limits.max_submit} leaves room for {room} ({limits.user_jobs} of yours queued or "
+                            f"running); pack runs into fewer jobs (pack: N), launch part of the grid (--only), or "
+                            f"launch the rest when jobs have ended")
+
+
 def _fmt_skipped(skipped: dict[str, int]) -> str:
     if not skipped:
         return "no runs"
     parts = [f"{n} {k.replace('_', ' ')}" for k, n in sorted(skipped.items())]
-    hint = " (use --retry-failed to resubmit failed runs)" if skipped.get(stt.FAILED) else ""
+    ended = [k for k in stt.FAILURES if skipped.get(k)]
+    hint = f" (use --retry {','.join(ended)} to resubmit them)" if ended else ""
     return ", ".join(parts) + hint
 
 
 def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
-                concurrency: int | None, echo: Any) -> None:
+                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None) -> None:
     kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
     echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
@@ -187,6 +270,9 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             n = sum(r.rel_dir in submit for r in part_runs)
             echo(f"part {name} ({sset.part(name).file}): {len(part_runs)} runs in "
                  f"{len({r.group for r in part_runs})} groups, {n} to submit")
+        fixed = sset.part(name).fixed
+        echo(f"{'  ' if sset.composite else ''}fixed (every run): "
+             + (", ".join(f"{k}={v}" for k, v in fixed.items()) or "none"))
         for r in part_runs:
             mark = "submit" if r.rel_dir in submit else "skip  "
             params = ", ".join(f"{k}={v}" for k, v in r.params.items())
@@ -200,6 +286,20 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
         params = slurm_parameters(res, sset.name)
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        echo(f"time limit: {params['time']} min per job; SLURM signals it {params['signal_delay_s']} s before the "
+             f"limit (USR2: checkpoint and requeue)")
+        echo(f"submitit folder: {store.submitit_dir().absolute()}")
+        if limits is not None:
+            name = res.get("partition") or limits.default_partition
+            max_time = limits.partitions.get(name) if name else None
+            room = "" if limits.max_job_count is None or limits.jobs_held is None else \
+                f"; MaxJobCount {limits.max_job_count}, {limits.jobs_held} job records held: room for " \
+                f"{max(0, limits.max_job_count - limits.jobs_held)} jobs"
+            if limits.max_submit is not None and limits.user_jobs is not None:
+                room += (f"; {limits.max_submit_from} {limits.max_submit}, {limits.user_jobs} of yours queued or "
+                         f"running: room for {max(0, limits.max_submit - limits.user_jobs)}")
+            echo(f"cluster: partition {name} (MaxTime {'unlimited' if max_time is None else f'{max_time} min'})"
+                 + room)
         if arrays:
             echo("--- sbatch script of the first array ---")
             echo(render_sbatch(params, store.submitit_dir(), len(arrays[0])))

@@ -224,7 +224,10 @@ AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 # clients' connections to slurmdbd (sacct, sacctmgr, slurmctld) take their
 # munge socket from here, not from AuthInfo
-AccountingStoragePass=$MUNGE_SOCK"
+AccountingStoragePass=$MUNGE_SOCK
+# per-user limits set with sacctmgr (MaxSubmitJobs, QOS MaxSubmitJobsPerUser) hold, as on a real
+# cluster; root's association is created with the cluster
+AccountingStorageEnforce=associations,limits"
     else
         acct="AccountingStorageType=accounting_storage/none"
     fi

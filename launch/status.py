@@ -24,7 +24,12 @@ from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
     "not_submitted", "pending", "running", "completed", "failed", "requeued")
-STATES = [NOT_SUBMITTED, PENDING, RUNNING, REQUEUED, COMPLETED, FAILED]
+# how a run ended without completing: failed (its code, or the scheduler's FAILED, BOOT_FAIL, ...)
+# or what the scheduler did to its job (the scheduler's own word stays in scheduler_state)
+CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED = (
+    "cancelled", "timeout", "out_of_memory", "node_fail", "preempted")
+FAILURES = [FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED]
+STATES = [NOT_SUBMITTED, PENDING, RUNNING, REQUEUED, COMPLETED, *FAILURES]
 ACTIVE = {PENDING, RUNNING, REQUEUED}
 
 # SLURM job states -> ours
@@ -33,8 +38,8 @@ _SLURM = {
     "SUSPENDED": RUNNING, "RESIZING": RUNNING, "STAGE_OUT": RUNNING, "SIGNALING": RUNNING,
     "REQUEUED": REQUEUED, "REQUEUE_HOLD": REQUEUED, "REQUEUE_FED": REQUEUED,
     "COMPLETED": COMPLETED,
-    "FAILED": FAILED, "CANCELLED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "PREEMPTED": FAILED,
-    "BOOT_FAIL": FAILED, "DEADLINE": FAILED, "OUT_OF_MEMORY": FAILED, "REVOKED": FAILED,
+    "FAILED": FAILED, "CANCELLED": CANCELLED, "TIMEOUT": TIMEOUT, "NODE_FAIL": NODE_FAIL, "PREEMPTED": PREEMPTED,
+    "BOOT_FAIL": FAILED, "DEADLINE": FAILED, "OUT_OF_MEMORY": OUT_OF_MEMORY, "REVOKED": FAILED,
 }
 
 
@@ -129,10 +134,11 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             d["job_id"] = jobs[rel]
     slurm_ids = {d["job_id"] for d in disk.values()
                  if d and d.get("job_id") and not str(d["job_id"]).startswith(("local:", "pid"))
-                 and d.get("state") not in (st.COMPLETED, st.FAILED)}
+                 and d.get("state") not in st.ENDED}
     sched, warning = query_slurm(slurm_ids) if query else ({}, None)
     if not query and slurm_ids:
         warning = "scheduler not queried; states are from disk alone"
+    _reread_ended(store, runs, disk, sched)
     local_alive: dict[str, bool | None] = {}
     manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     out = []
@@ -154,13 +160,20 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             s.state = COMPLETED
         elif dstate == st.FAILED:
             s.state, s.reason = FAILED, _last_line(d.get("error"))
+        elif dstate == st.CANCELLED:
+            s.state, s.reason = CANCELLED, _last_line(d.get("error"))
         elif dstate in (st.SUBMITTED, st.RUNNING, st.REQUEUED):
             jid = str(d.get("job_id") or "")
             if jid.startswith("local:"):
                 if jid not in local_alive:
                     local_alive[jid] = local_queue_alive(store, jid)
                 alive = local_alive[jid]
-                if alive is False:
+                gone = alive is False or (dstate == st.RUNNING and _died_here(d))
+                now = _ended_now(store, r) if gone else None
+                if now is not None:  # the worker finished the run and exited after its files were read
+                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED}[now["state"]]
+                    s.reason = None if s.state == COMPLETED else _last_line(now.get("error"))
+                elif alive is False:
                     s.state, s.reason = FAILED, "local worker exited before the run finished"
                 elif dstate == st.RUNNING and _died_here(d):
                     # its queue goes on with other workers, but the one running this run is gone
@@ -173,9 +186,10 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 if mapped == COMPLETED:  # job ended, run never said completed
                     s.state = FAILED
                     s.reason = "job completed without completing the run"
-                elif mapped == FAILED:
-                    s.state, s.reason = FAILED, f"scheduler: {sched[jid]}"
-                elif mapped == PENDING and (dstate == st.REQUEUED or d.get("requeues")):
+                elif mapped in FAILURES:
+                    s.state, s.reason = mapped, f"scheduler: {sched[jid]}"
+                elif mapped == PENDING and (dstate in (st.REQUEUED, st.RUNNING) or d.get("requeues")):
+                    # queued again after it ran (scontrol requeue, a node failure): its step is the last one saved
                     s.state = REQUEUED
                 else:
                     s.state = mapped
@@ -208,6 +222,35 @@ def _recovered(names: object) -> str:
     """The status reason of a run that resumed past resume states failing verification."""
     shown = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
     return f"resumed from an older state: {shown} failed verification (moved to <name>.corrupt)"
+
+
+_ENDED = {k for k, v in _SLURM.items() if v == COMPLETED or v in FAILURES}
+
+
+def _reread_ended(store: Store, runs: list[Run], disk: dict[str, dict[str, Any] | None],
+                  sched: dict[str, str]) -> None:
+    """Read again, after the scheduler answered, the state of every run whose job it says has ended.
+
+    The files were read before the query: a job that ended in between left a run that said
+    ``running`` then and says ``completed`` (or ``failed``) now. Judged on the old files it
+    would be reported failed ("job completed without completing the run") and retried, so a
+    terminal scheduler state is only ever checked against files read after it."""
+    for r in runs:
+        d = disk[r.rel_dir]
+        if not d or d.get("_corrupt") or d.get("state") in st.ENDED:
+            continue
+        jid = str(d.get("job_id") or "")
+        if sched.get(jid) not in _ENDED:
+            continue
+        now = _ended_now(store, r)
+        if now is not None:
+            disk[r.rel_dir] = {**now, "job_id": jid}
+
+
+def _ended_now(store: Store, r: Run) -> dict[str, Any] | None:
+    """The run's state read now, when it says the run has ended (else None)."""
+    now = read_json(store.run_dir(r) / st.STATE_FILE)
+    return now if now and not now.get("_corrupt") and now.get("state") in st.ENDED else None
 
 
 def _died_here(d: dict[str, Any]) -> bool:

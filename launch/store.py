@@ -40,6 +40,8 @@ RUNNING = "running"
 COMPLETED = "completed"
 FAILED = "failed"
 REQUEUED = "requeued"
+CANCELLED = "cancelled"  # by sweep cancel
+ENDED = (COMPLETED, FAILED, CANCELLED)
 
 
 def write_json(path: Path | str, data: Any) -> None:

@@ -637,6 +637,26 @@ def resume_steps_not_a_number(tmp: Path) -> list[str]:
     return ["resume", run_dir(tmp), "--steps", "ten"]
 
 
+@case("spec.yaml: resources.signal_delay_s: 120 s is not shorter than the time limit (resources.time_min: 2 min "
+      "= 120 s)")
+def launch_signal_lead_not_shorter_than_the_time_limit(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\n"
+                           "resources: {time_min: 2, signal_delay_s: 120}\n"), "--cluster", "slurm", "--dry-run"]
+
+
+@case("sweep launch: --signal-delay: 60 s is not shorter than the time limit (--time 1 min = 60 s)")
+def launch_signal_delay_flag_not_shorter_than_time(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\n"), "--cluster", "slurm",
+            "--root", "tree", "--time", "1", "--signal-delay", "60"]
+
+
+@case("sweep launch: --retry: unknown state 'oom' (use any of: failed, cancelled, timeout, out_of_memory, node_fail, "
+      "preempted)")
+def launch_retry_unknown_state(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: '{seed}'\naxes: [{x: [1]}]\n"), "--cluster", "local",
+            "--root", "tree", "--retry", "failed,oom"]
+
+
 @case("Invalid value for '--lr': -0.1 is not in the range x>0")
 def resume_negative_lr(tmp: Path) -> list[str]:
     return ["resume", run_dir(tmp), "--steps", "10", "--lr", "-0.1"]

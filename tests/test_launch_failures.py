@@ -77,3 +77,25 @@ def _write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "edited.yaml"
     p.write_text(text.replace('path: "x', 'name: spec\npath: "x'))
     return p
+
+
+def test_retry_rechecks_each_runs_own_files_under_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A run reported failed whose job then finishes it before the retry is decided (its state.json
+    says completed by then) is not resubmitted: launch re-reads the run's files under the lock."""
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    spec = load_spec(tmp_path / "spec.yaml", root=tmp_path / "tree")
+    runs = expand(spec)
+    store = Store(spec.root)
+    for r in runs[:2]:
+        store.update_state(r, state="failed", error="killed")
+    real = launcher.stt.run_statuses
+
+    def status_then_the_run_finishes(*args: Any, **kwargs: Any):
+        out = real(*args, **kwargs)
+        store.update_state(runs[0], state="completed")  # lands after the status read
+        return out
+
+    monkeypatch.setattr(launcher.stt, "run_statuses", status_then_the_run_finishes)
+    p = launcher.plan(spec, runs, store, retry_failed=True, query=False)
+    assert [r.rel_dir for r in p.to_submit] == [r.rel_dir for r in runs[1:]]
+    assert p.skipped == {"completed": 1}

@@ -229,13 +229,13 @@ def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
     for r in rows:
         assert not pid_alive(_state(root, r["rel_dir"])["pid"])
     snap = tree_snapshot(root / "noop")
-    assert {r["state"] for r in status_json(a, root)["runs"]} == {"failed"}
+    assert {r["state"] for r in status_json(a, root)["runs"]} == {"cancelled"}
     # b's run was left alone and completes
     assert wait_for(lambda: finished(b, root), timeout=120, what="b's run")["completed"] == 1
     assert tree_snapshot(root / "noop") == snap
     for r in status_json(a, root)["runs"]:
         st = _state(root, r["rel_dir"])
-        assert st["state"] == "failed" and st["error"] == "cancelled by sweep cancel"
+        assert st["state"] == "cancelled" and st["error"] == "cancelled by sweep cancel"
         assert r["step"] < r["total"]
 
 
@@ -324,3 +324,19 @@ def test_wait_says_when_the_scheduler_cannot_be_asked(tmp_path: Path):
     p = sweep("wait", spec, "--root", root, "--timeout", "0", "--interval", "0.1", env=no_slurm, check=False)
     assert p.returncode == 1
     assert "warning: scheduler unreachable" in p.stderr and "still active" in p.stderr, p.stderr
+
+
+def test_slurm_dry_run_shows_fixed_parameters_time_signal_and_the_absolute_submitit_folder(tmp_path: Path):
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    before = tree_snapshot(tmp_path)
+    out = sweep("launch", "spec.yaml", "--cluster", "slurm", "--root", "tree", "--time", "2", "--dry-run",
+                cwd=tmp_path).stdout
+    assert tree_snapshot(tmp_path) == before
+    lines = out.splitlines()
+    assert lines.count("fixed (every run): steps=4, step_sleep_s=0.2") == 1
+    assert all("steps=" not in line for line in lines if line.startswith("  submit"))
+    assert "time limit: 2 min per job; SLURM signals it 30 s before the limit (USR2: checkpoint and requeue)" in lines
+    folder = tmp_path.resolve() / "tree" / ".sweep" / "submitit"
+    assert f"submitit folder: {folder}" in lines
+    # the script is the one the launch submits: submitit takes the folder absolute
+    assert out.rstrip().endswith(f"-m submitit.core._submit {folder}")

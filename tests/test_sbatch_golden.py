@@ -39,3 +39,17 @@ def test_chunks_restart_at_zero():
     arrays = chunks(units, 1001)
     assert [len(a) for a in arrays] == [1001, 1001, 501]
     assert arrays[1][0] == ["r1001"] and sum(arrays, []) == units
+
+
+def test_the_signal_lead_follows_a_short_time_limit():
+    """submitit's fixed USR2@90 signals a 1-minute job at once: the lead is a quarter of the limit,
+    at most 90 s, unless the spec (or --signal-delay) names one."""
+    def lead(**res: int) -> str:
+        text = render_sbatch(slurm_parameters(res, "x"), Path("/TREE"), 2)
+        return next(line for line in text.splitlines() if line.startswith("#SBATCH --signal="))
+
+    assert lead(time_min=1) == "#SBATCH --signal=USR2@15"
+    assert lead(time_min=2) == "#SBATCH --signal=USR2@30"
+    assert lead(time_min=5) == "#SBATCH --signal=USR2@75"
+    assert lead(time_min=120) == lead() == "#SBATCH --signal=USR2@90"
+    assert lead(time_min=2, signal_delay_s=60) == "#SBATCH --signal=USR2@60"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from launch.store import Store, read_jobs
-from tests.helpers import counts, finished, sweep, wait_for
+from tests.helpers import counts, finished, status_json, sweep, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -90,11 +90,23 @@ def test_cancel_then_retry(slurm, tmp_path: Path):
     out = sweep("cancel", spec, "--root", root).stdout
     assert "cancelled 1 runs" in out
     c = wait_for(lambda: finished(spec, root), timeout=60, what="cancellation")
-    assert c["failed"] == 1
-    assert "nothing to submit" in sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert c["cancelled"] == 1 and c["failed"] == 0, c
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "nothing to submit: 1 cancelled (use --retry cancelled to resubmit them)" in out, out
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "failed,timeout").stdout
+    assert "nothing to submit" in out
     out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry-failed").stdout
     assert "submitted 1 runs" in out
     wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the retried run to start")
+    # cancelled by hand, not by sweep cancel: the scheduler's word says so
+    subprocess.check_call(["scancel", next(iter(read_jobs(Store(root), "long").values()))])
+    c = wait_for(lambda: finished(spec, root), timeout=60, what="scancel")
+    assert c["cancelled"] == 1, c
+    row = status_json(spec, root)["runs"][0]
+    assert row["scheduler_state"] == "CANCELLED" and row["reason"] == "scheduler: CANCELLED", row
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "cancelled").stdout
+    assert "submitted 1 runs" in out
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run retried again to start")
     sweep("cancel", spec, "--root", root)
 
 
@@ -111,6 +123,21 @@ def _preempt_once(spec: Path, root: Path, how: str) -> None:
         subprocess.check_call(["scontrol", "requeue", job_id])
 
 
+def _assert_requeued_while_pending_again(spec: Path, root: Path) -> None:
+    """After `scontrol requeue` the job is PENDING again (after a few seconds of REQUEUED) while
+    the run's files still say running: status says requeued (it said pending, with a stale step)."""
+    job = next(iter(read_jobs(Store(root), "long").values()))
+
+    def sacct() -> str:
+        return subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True,
+                              text=True).stdout.strip()
+
+    wait_for(lambda: sacct() == "PENDING", timeout=60, interval=0.2, what="the requeued job to be pending")
+    row = status_json(spec, root)["runs"][0]
+    if sacct() == "PENDING":  # still, after status asked: what status saw was the pending job
+        assert row["state"] == "requeued" and row["scheduler_state"] == "PENDING", row
+
+
 @pytest.mark.parametrize("how", ["preempt", "scontrol_requeue"])
 def test_requeue_resumes_and_matches_uninterrupted_twin(slurm, tmp_path: Path, how: str):
     spec = tmp_path / "long.yaml"
@@ -119,6 +146,8 @@ def test_requeue_resumes_and_matches_uninterrupted_twin(slurm, tmp_path: Path, h
     sweep("launch", spec, "--cluster", "local", "--root", twin_root)
     sweep("launch", spec, "--cluster", "slurm", "--root", root)
     _preempt_once(spec, root, how)
+    if how == "scontrol_requeue":
+        _assert_requeued_while_pending_again(spec, root)
     c = wait_for(lambda: finished(spec, root), timeout=180, what="the requeued run to finish")
     assert c["completed"] == 1, c
     wait_for(lambda: finished(spec, twin_root), timeout=60, what="the twin")
@@ -173,6 +202,65 @@ def test_status_falls_back_to_squeue_then_disk(slurm, tmp_path: Path):
     sweep("cancel", spec, "--root", root)
 
 
+@pytest.mark.parametrize("command", ["status", "launch"])
+def test_a_run_that_ends_while_sacct_is_slow_is_completed_not_retrained(slurm, tmp_path: Path, command: str):
+    """The files read before the scheduler answered say running; the job has ended by the time
+    sacct answers (a loaded slurmdbd). The run completed: status says so, and --retry-failed
+    submits nothing (it used to report "job completed without completing the run" and retrain)."""
+    import os
+    import shutil
+
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 60, step_sleep_s: 0.25",
+                                                              "steps: 30, step_sleep_s: 0.25"))
+    root = tmp_path / "tree"
+    run_dir = root / "long/task_0000/seed11"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    job = next(iter(read_jobs(Store(root), "long").values()))
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    # a slow sacct: it notes what the run's files say when it is called (after status read them),
+    # then answers only once the job has ended
+    (shims / "sacct").write_text(f"""#!/bin/sh
+cp {run_dir}/state.json {tmp_path}/seen_by_sacct.json
+i=0
+while [ $i -lt 600 ] && ! {shutil.which("sacct")} -X -n -P -o State -j {job.split("_")[0]} | grep -q COMPLETED; do
+  sleep 0.2; i=$((i + 1))
+done
+exec {shutil.which("sacct")} "$@"
+""")
+    (shims / "sacct").chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    if command == "status":
+        c = json.loads(sweep("status", spec, "--root", root, "--json", env=env).stdout)["counts"]["long"]
+        assert c["completed"] == 1 and c["failed"] == 0, c
+    else:
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry-failed", env=env).stdout
+        assert "nothing to submit: 1 completed" in out, out
+    # the race happened: the run was still running when the scheduler was asked
+    assert json.loads((tmp_path / "seen_by_sacct.json").read_text())["state"] == "running"
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["state"] == "completed" and state["attempts"] == 1, state
+
+
+@pytest.mark.slow
+def test_a_one_minute_job_runs_to_the_end(slurm, tmp_path: Path):
+    """--time 1 and 32 s of work: the signal lead follows the limit (15 s), so SLURM signals the job
+    no earlier than 45 s in. submitit's fixed 90 s had it signalled (checkpoint, requeue) at the
+    controller's first time-limit check after the start, within 30 s: with max_requeues 0, failed."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "0").replace("steps: 60, step_sleep_s: 0.25",
+                                                              "steps: 32, step_sleep_s: 1.0")
+                    .replace(", signal_delay_s: 30", ""))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--time", "1")
+    c = wait_for(lambda: finished(spec, root), timeout=120, what="the one-minute job")
+    assert c["completed"] == 1, c
+    state = json.loads((root / "long/task_0000/seed11/state.json").read_text())
+    assert state["attempts"] == 1 and state.get("requeues", 0) == 0, state
+
+
 @pytest.mark.slow
 def test_time_limit_signal_requeues_and_resumes(slurm, tmp_path: Path):
     """A 2-minute job whose run needs longer: SLURM's USR2 before the limit -> checkpoint,
@@ -199,14 +287,113 @@ def test_sbatch_refusing_the_launch_is_one_line_and_leaves_no_manifest(slurm, tm
     spec = tmp_path / "grid.yaml"
     spec.write_text(GRID)
     root = tmp_path / "tree"
-    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", check=False)
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--constraint", "nosuchfeature", check=False)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "partition" in lines[0], p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: sbatch failed:") and "feature" in lines[0], p.stderr
     # nothing was launched: editing the grid is not a renumbering
     spec.write_text(GRID.replace("label: [a, b", "label: [z, a, b"))
     out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run").stdout
     assert "would submit 10 runs" in out
+
+
+@pytest.mark.parametrize("only", [None, "x=0,label=a"])  # job arrays, and a single job
+def test_a_refused_sbatch_leaves_no_submitit_files(slurm, tmp_path: Path, only: str | None):
+    """submitit pickles every element of an array (and writes the sbatch script) before sbatch
+    runs; a refused submission used to leave them all behind (up to MaxArraySize per array)."""
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--constraint", "nosuchfeature",
+              *(["--only", only] if only else []), check=False)
+    assert p.returncode == 2 and "Invalid feature specification" in p.stderr, p.stderr
+    assert sorted(f.name for f in (root / ".sweep" / "submitit").iterdir()) == []
+
+
+def test_the_cluster_limits_are_checked_before_submitting(slurm, tmp_path: Path):
+    """A partition the cluster lacks, a time over the partition's MaxTime (SLURM would leave the jobs
+    pending for good), more jobs than MaxJobCount leaves room for: one line each, in --dry-run and
+    in launch, before anything is submitted or written."""
+    import os
+    import shutil
+
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    for dry in (["--dry-run"], []):
+        p = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--partition", "nosuchpartition", *dry,
+                  check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert p.stderr.startswith("error: sweep launch: --partition: no partition 'nosuchpartition' on this "
+                                   "cluster (partitions: debug"), p.stderr
+    part = f"short{os.getpid()}"
+    subprocess.check_call(["scontrol", "create", f"PartitionName={part}", "Nodes=localhost", "MaxTime=5"])
+    try:
+        spec.write_text(GRID.replace("time_min: 5", f"time_min: 10, partition: {part}"))
+        for dry in (["--dry-run"], []):
+            p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False)
+            assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+            assert p.stderr == (f"error: {spec}: resources.time_min: 10 min is more than partition {part}'s MaxTime "
+                                "(5 min): SLURM would refuse the jobs or leave them pending for good\n")
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--dry-run", "--time", "5").stdout
+        assert f"cluster: partition {part} (MaxTime 5 min); MaxJobCount 100000" in out
+    finally:
+        subprocess.run(["scontrol", "delete", f"PartitionName={part}"])
+    assert not root.exists()
+    # MaxJobCount: the real controller with a limit 3 above the job records it holds now
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "scontrol").write_text(f"""#!/bin/sh
+if [ "$1 $2" = "show config" ]; then
+  n=$(squeue -h -r -t all -o %i | wc -l)
+  {shutil.which("scontrol")} show config | sed "s/^MaxJobCount .*/MaxJobCount = $((n + 3))/"
+else
+  exec {shutil.which("scontrol")} "$@"
+fi
+""")
+    (shims / "scontrol").chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    spec.write_text(GRID)
+    for dry in (["--dry-run"], []):
+        p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False, env=env)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert "error: sweep launch: MaxJobCount: 8 jobs to submit, but the cluster's MaxJobCount" in p.stderr
+        assert "leaves room for 3" in p.stderr and "pack: N" in p.stderr
+    assert read_jobs(Store(root), "grid") == {} and not (root / ".sweep" / "manifests").exists()
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a", env=env).stdout
+    assert "submitted 1 runs" in out
+
+
+def test_the_users_submit_limit_is_checked_before_submitting(slurm, tmp_path: Path):
+    """MaxSubmitJobs (the user's association; a QOS's MaxSubmitJobsPerUser alike), which the test
+    cluster enforces: a launch over it is refused with one line before sbatch refuses it part-way."""
+    import getpass
+
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    if "limits" not in next((x for x in config.splitlines() if x.startswith("AccountingStorageEnforce")), ""):
+        pytest.skip("this local SLURM predates AccountingStorageEnforce=limits: launch/local-slurm.sh restart")
+    user = getpass.getuser()
+    mine = len(subprocess.run(["squeue", "-h", "-r", "-u", user, "-o", "%i"], capture_output=True,
+                              text=True).stdout.split())
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(GRID)
+    root = tmp_path / "tree"
+    subprocess.check_call(["sacctmgr", "-i", "modify", "user", user, "set", f"MaxSubmitJobs={mine + 3}"],
+                          stdout=subprocess.DEVNULL)
+    try:
+        for dry in (["--dry-run"], []):
+            p = sweep("launch", spec, "--cluster", "slurm", "--root", root, *dry, check=False)
+            assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+            head = f"error: sweep launch: MaxSubmitJobs: 8 jobs to submit, but user {user}'s MaxSubmitJobs {mine + 3} "
+            assert p.stderr.startswith(head + "leaves room for "), p.stderr
+            # 3, or a few more where jobs of earlier tests ended meanwhile
+            assert int(p.stderr[len(head + "leaves room for "):].split()[0]) < 8, p.stderr
+        assert read_jobs(Store(root), "grid") == {}
+        out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--only", "x=0,label=a").stdout
+        assert "submitted 1 runs" in out
+    finally:
+        subprocess.check_call(["sacctmgr", "-i", "modify", "user", user, "set", "MaxSubmitJobs=-1"],
+                              stdout=subprocess.DEVNULL)
 
 
 def test_logs_of_a_job_that_died_before_its_run_started(slurm, tmp_path: Path):

@@ -20,7 +20,7 @@ README = (Path(__file__).resolve().parent.parent / "checkpoints" / "README.md").
 def test_run_files_are_documented():
     for name in (store.RUN_FILE, store.STATE_FILE, store.LOG_FILE, METRICS_FILE, PROGRESS_FILE):
         assert f"`{name}`" in README, name
-    for state in (store.SUBMITTED, store.RUNNING, store.REQUEUED, store.COMPLETED, store.FAILED):
+    for state in (store.SUBMITTED, store.RUNNING, store.REQUEUED, store.COMPLETED, store.FAILED, store.CANCELLED):
         assert state in README
 
 

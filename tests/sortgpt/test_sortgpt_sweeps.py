@@ -68,13 +68,53 @@ def test_grid_specs_share_one_tree_without_collisions() -> None:
     assert {load_spec(SWEEPS / f"{name}.yaml").root for name in GRID} == {Path("checkpoints")}
 
 
-def test_ci_spec_is_small_and_covers_both_modes_and_fixed_k() -> None:
+def test_ci_spec_is_small_and_covers_both_modes_fixed_k_and_a_no_layernorm_twin() -> None:
     runs = expand(load_spec(SWEEPS / "ci_sortgpt.yaml"))
-    assert len(runs) == 12 and {r.seed for r in runs} == {1337, 2337}
-    kinds = {(r.config["train_min_k"], r.config["train_max_k"], r.config["length_mode"]) for r in runs}
-    assert kinds == {(2, 6, "mix"), (2, 6, "curriculum"), (6, 6, "mix")}
+    assert len(runs) == 24 and {r.seed for r in runs} == {1337, 2337}
+    cells = {(r.config["use_layernorm"], r.config["n_layers"], r.config["train_min_k"], r.config["train_max_k"],
+              r.config["length_mode"]) for r in runs}
+    kinds = {(2, 4, "mix"), (2, 4, "curriculum"), (4, 4, "mix")}
+    # every LayerNorm cell has its no-LayerNorm twin (the F2 contrast the demo shows)
+    assert cells == {(ln, layers, *kind) for ln in (True, False) for layers in (1, 2) for kind in kinds}
     for r in runs:
         c = r.config
         assert EXPERIMENT.check(c) == []
-        assert c["vocab_n"] == 32 and c["n_embd"] == 32 and c["batch_size"] == 64 and c["max_iters"] <= 500
-        assert (c["test_min_k"], c["test_max_k"]) == (7, 10) and c["device"] == "cpu"
+        assert c["vocab_n"] == 64 and c["n_embd"] == 64 and c["batch_size"] == 128 and c["max_iters"] <= 1000
+        assert (c["test_min_k"], c["test_max_k"]) == (9, 16) and c["device"] == "cpu"
+        assert c["test_max_k"] >= 4 * c["train_max_k"]  # the paper's length ratio
+
+
+REPRODUCE = ["reproduce_sortgpt_fixed_ln", "reproduce_sortgpt_fixed_no_ln", "reproduce_sortgpt_dynamic_ln",
+             "reproduce_sortgpt_budget"]
+
+
+def test_reproduce_spec_has_the_issue_15_cells() -> None:
+    """The reduced protocol: LN x layers x MLP at >= 3 fixed train K with >= 3 seeds, mix and
+    curriculum for L1 no-MLP LN, >= 4 budgets of its fixed cell, test K reaching 4x the
+    smallest train K — and nothing of the full protocol's specs changed (tested above)."""
+    from launch.spec_set import expand_set, load_spec_set
+
+    runs = expand_set(load_spec_set(SWEEPS / "reproduce_sortgpt.yaml"))
+    assert {r.spec for r in runs} == set(REPRODUCE)
+    cells: dict[tuple, set[int]] = {}
+    for r in runs:
+        c = r.config
+        assert EXPERIMENT.check(c) == []
+        config = "fixed" if c["train_min_k"] == c["train_max_k"] else c["length_mode"]
+        key = (c["use_layernorm"], c["n_layers"], c["use_mlp"], config, c["train_max_k"],
+               c["max_iters"] * c["batch_size"])
+        cells.setdefault(key, set()).add(r.seed)
+        assert (c["vocab_n"], c["n_embd"], c["test_min_k"], c["test_max_k"]) == (64, 64, 9, 16)
+    assert all(len(seeds) >= 3 for seeds in cells.values())
+    grid_budget = 2000 * 256
+    fixed_ks = {k for (_, _, _, config, k, b) in cells if config == "fixed" and b == grid_budget}
+    assert len(fixed_ks) >= 3 and 16 >= 4 * min(fixed_ks)
+    for ln in (True, False):
+        for layers in (1, 2):
+            for mlp in (True, False):
+                assert all((ln, layers, mlp, "fixed", k, grid_budget) in cells for k in fixed_ks)
+    for config in ("mix", "curriculum"):
+        assert any(key[:4] == (True, 1, False, config) for key in cells)
+    budgets = {b for (ln, layers, mlp, config, k, b) in cells if (ln, layers, mlp, config, k) == (True, 1, False,
+                                                                                                 "fixed", 4)}
+    assert len(budgets) >= 4 and grid_budget in budgets
