@@ -208,10 +208,11 @@ def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -
 
 
 def generate_dataset(n_examples: int, seed: int | list[int], size: GraphSize = DEFAULT_SIZE,
-                     exclude: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+                     exclude: set[str] | frozenset[str] = frozenset(), max_rejects: int = MAX_REJECTS,
+                     ) -> list[dict[str, Any]]:
     """``n_examples`` examples, deterministic in ``seed``; questions are unique and none is in
     ``exclude`` (the questions of another split, to keep generated splits disjoint).
-    Raises ValueError when ``size`` rejects MAX_REJECTS graphs in a row (it cannot make questions,
+    Raises ValueError when ``size`` rejects ``max_rejects`` graphs in a row (it cannot make questions,
     or the small graphs have run out of distinct questions)."""
     rng = np.random.default_rng(seed)
     out: list[dict[str, Any]] = []
@@ -225,8 +226,8 @@ def generate_dataset(n_examples: int, seed: int | list[int], size: GraphSize = D
             rejects = 0
         else:
             rejects += 1
-            if rejects >= MAX_REJECTS:
-                raise ValueError(f"{size} rejected {MAX_REJECTS} graphs in a row after {len(out)} examples: "
+            if rejects >= max_rejects:
+                raise ValueError(f"{size} rejected {max_rejects} graphs in a row after {len(out)} examples: "
                                  "it cannot make (enough distinct) questions")
     return out
 
