@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo
 
-.PHONY: demo test lint venv slurm-start slurm-stop mapping
+.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce-coconut
 
 $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,17 @@ demo: venv
 	$(BIN)/sweep collect $(DEMO_SPECS) --root $(OUT)/checkpoints -o $(OUT)/results.parquet
 	$(BIN)/sweep plot $(OUT)/results.parquet -o $(OUT)/plots
 	$(BIN)/sweep summary $(OUT)/results.parquet
+
+# COCONUT at CPU scale (issue 16): 7 modes x 2 seeds from scratch on ProsQA-mini, local executor ->
+# Parquet -> plots + summary under reproduce/coconut/. Findings and wall times: REPRODUCTION.md.
+REPRO_COCONUT ?= reproduce/coconut
+reproduce-coconut: venv
+	$(BIN)/sweep launch sweeps/reproduce_coconut.yaml --cluster local --root $(REPRO_COCONUT)/checkpoints
+	$(BIN)/sweep wait sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints
+	$(BIN)/sweep collect sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints -o $(REPRO_COCONUT)/results.parquet
+	$(BIN)/sweep plot $(REPRO_COCONUT)/results.parquet -o $(REPRO_COCONUT)/plots
+	$(BIN)/sweep summary $(REPRO_COCONUT)/results.parquet
+	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv
