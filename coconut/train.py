@@ -135,7 +135,7 @@ def eval_split(config: dict[str, Any], split: str, train_questions: set[str] | N
         return data[: config["val_size"] or None] if split == "val" else data
     size = graph_size_of(config)
     if train_questions is None:
-        train_questions = {ex["question"] for ex in generate_dataset(config["train_size"], config["data_seed"], size)}
+        train_questions = {ex["question"] for ex in training_examples(config)}
     val = generate_dataset(config["val_size"] or GENERATED_VAL_SIZE, [config["data_seed"], VAL_STREAM], size,
                            exclude=train_questions)
     if split == "val":
@@ -144,14 +144,17 @@ def eval_split(config: dict[str, Any], split: str, train_questions: set[str] | N
                             exclude=train_questions | {ex["question"] for ex in val})
 
 
-def load_splits(config: dict[str, Any], tok: Any) -> tuple[list[Tokenized], list[dict], list[Tokenized]]:
-    """(train tokens, validation examples, validation tokens). The training set is generated from
-    ``data_seed`` with the run's graph size (the same for every run of a sweep), unless ``train_path``
-    names a ProsQA JSON file."""
+def training_examples(config: dict[str, Any]) -> list[dict]:
+    """The training set: generated from ``data_seed`` with the run's graph size (the same for every run
+    of a sweep), unless ``train_path`` names a ProsQA JSON file."""
     if config["train_path"]:
-        train = load_prosqa(config["train_path"])[: config["train_size"] or None]
-    else:
-        train = generate_dataset(config["train_size"], seed=config["data_seed"], size=graph_size_of(config))
+        return load_prosqa(config["train_path"])[: config["train_size"] or None]
+    return generate_dataset(config["train_size"], seed=config["data_seed"], size=graph_size_of(config))
+
+
+def load_splits(config: dict[str, Any], tok: Any) -> tuple[list[Tokenized], list[dict], list[Tokenized]]:
+    """(train tokens, validation examples, validation tokens); see training_examples and eval_split."""
+    train = training_examples(config)
     valid = eval_split(config, "val", {ex["question"] for ex in train})
     return tokenize(train, tok), valid, tokenize(valid, tok)
 
