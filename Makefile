@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo
 
-.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt
+.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt reproduce-coconut
 
 $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -26,9 +26,9 @@ demo: venv
 	$(BIN)/sweep summary $(OUT)/results.parquet
 
 # The papers' findings at CPU scale (REPRODUCTION.md): the sortgpt length-generalization grid,
-# reduced (sweeps/reproduce_sortgpt.yaml, ~15 min on 2 cores), and the COCONUT modes on ProsQA-mini.
+# reduced (sweeps/reproduce_sortgpt.yaml, ~20 min on 2 cores), and the COCONUT modes on ProsQA-mini.
 REPRO ?= reproduce
-reproduce: reproduce-sortgpt
+reproduce: reproduce-sortgpt reproduce-coconut
 
 reproduce-sortgpt: venv
 	$(BIN)/sweep launch sweeps/reproduce_sortgpt.yaml --cluster local --root $(REPRO)/sortgpt/checkpoints
@@ -36,6 +36,17 @@ reproduce-sortgpt: venv
 	$(BIN)/sweep collect sweeps/reproduce_sortgpt.yaml --root $(REPRO)/sortgpt/checkpoints -o $(REPRO)/sortgpt/results.parquet
 	$(BIN)/sweep plot $(REPRO)/sortgpt/results.parquet -o $(REPRO)/sortgpt/plots
 	$(BIN)/sweep summary $(REPRO)/sortgpt/results.parquet | tee $(REPRO)/sortgpt/summary.md
+
+# COCONUT at CPU scale (issue 16): 7 modes x 2 seeds from scratch on ProsQA-mini, local executor ->
+# Parquet -> plots + summary under reproduce/coconut/. Findings and wall times: REPRODUCTION.md.
+REPRO_COCONUT ?= reproduce/coconut
+reproduce-coconut: venv
+	$(BIN)/sweep launch sweeps/reproduce_coconut.yaml --cluster local --root $(REPRO_COCONUT)/checkpoints
+	$(BIN)/sweep wait sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints
+	$(BIN)/sweep collect sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints -o $(REPRO_COCONUT)/results.parquet
+	$(BIN)/sweep plot $(REPRO_COCONUT)/results.parquet -o $(REPRO_COCONUT)/plots
+	$(BIN)/sweep summary $(REPRO_COCONUT)/results.parquet
+	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv

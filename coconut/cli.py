@@ -317,10 +317,14 @@ def corruption_sensitivity(model: Any, tok: Any, state: dict[str, Any], split: s
     import torch
 
     from coconut.data import find_data_dir, load_prosqa, tokenize
-    from coconut.train import accuracy, answer_questions, curriculum_of
+    from coconut.experiment import EXPERIMENT
+    from coconut.train import accuracy, answer_questions, curriculum_of, eval_split
 
     config = state["config"]
-    raw = load_prosqa(find_data_dir(config.get("data_dir", "")) / f"prosqa_{split}.json")
+    if config.get("eval_data", "real") == "generated":  # ProsQA-mini: the run's own generated splits
+        raw = eval_split({**EXPERIMENT.defaults(), **config}, "val" if split == "valid" else split)
+    else:
+        raw = load_prosqa(find_data_dir(config.get("data_dir", "")) / f"prosqa_{split}.json")
     raw = raw[:n] if n else raw
     examples = tokenize(raw, tok)
     stage, cur = int(state["stage"]), curriculum_of(config)

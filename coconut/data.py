@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from launch.errors import UserError
 
 START_LATENT, END_LATENT, LATENT = "<|start-latent|>", "<|end-latent|>", "<|latent|>"
 IGNORE = -100  # label value the loss skips
+INIT_TOKEN = "<<"  # the latent tokens start as a copy of this token's embedding (as in run.py)
 
 
 # --- files -------------------------------------------------------------------------------------------
@@ -69,6 +71,75 @@ def build_tokenizer() -> Any:
     tok.pad_token = tok.eos_token  # as in the reference: pads are EOS, masked out by attention/labels
     tok.add_tokens([START_LATENT, END_LATENT, LATENT])
     return tok
+
+
+def compact_inventory_texts() -> list[str]:
+    """Every word ProsQA text can hold, in every position the data puts it: each person and concept
+    name at the start of a step / question and after a space, in the fact, question and answer
+    templates. GPT-2's pre-tokenizer splits at spaces and punctuation, so these texts produce every
+    token a ProsQA question, step or answer (real or generated) can contain."""
+    from coconut.generate import CONCEPT_NAMES, PERSON_NAMES
+
+    names = PERSON_NAMES + CONCEPT_NAMES
+    texts = ["### " + " ".join(f"{n} is a {n}. Every {n} is a {n}." for n in names) + "\n"]
+    texts += [f"{n} is a {n}.\n" for n in names] + [f"Every {n} is a {n}.\n" for n in names]
+    texts += [f"Is {n} a {n} or {n}?\n" for n in names] + [f"{n} is a {n}. Is {n} a {n} or {n}?\n" for n in names]
+    return texts
+
+
+class CompactTokenizer:
+    """GPT-2's BPE restricted to the ~100 tokens ProsQA uses (plus EOS, the "<<" the latent tokens start
+    from and the three latent tokens), renumbered 0..n-1. Text in and text out are exactly GPT-2's: a
+    string is BPE-encoded by GPT-2 and its ids mapped to compact ids; decoding maps back first. A from-
+    scratch model then has an n-row embedding and output head instead of 50,257 (the CPU time of a small
+    model). Text with a token outside the set is refused (a UserError), never mapped approximately.
+
+    Implements the part of the transformers tokenizer interface this package uses."""
+
+    def __init__(self, gpt2: Any, base_ids: list[int] | None = None):
+        self.gpt2 = gpt2
+        if base_ids is None:
+            used = {t for ids in gpt2(compact_inventory_texts())["input_ids"] for t in ids}
+            used |= {gpt2.eos_token_id, *gpt2.convert_tokens_to_ids([INIT_TOKEN])}
+            base_ids = sorted(used)
+        specials = gpt2.convert_tokens_to_ids([START_LATENT, END_LATENT, LATENT])
+        # The latent tokens come last, as in GPT-2 + add_tokens: the baselines' vocabulary is the first
+        # vocab_size rows, the latent modes resize to len(self) (see model.build_base_model).
+        self.gpt2_ids: list[int] = [int(t) for t in base_ids] + [int(t) for t in specials]
+        self.to_compact = {g: i for i, g in enumerate(self.gpt2_ids)}
+        self.vocab_size = len(base_ids)
+        self.eos_token_id = self.to_compact[gpt2.eos_token_id]
+        self.pad_token_id = self.eos_token_id
+
+    def __len__(self) -> int:
+        return len(self.gpt2_ids)
+
+    def _compact(self, ids: list[int], text: str) -> list[int]:
+        try:
+            return [self.to_compact[t] for t in ids]
+        except KeyError as e:
+            raise UserError(f"compact_vocab: {text[:60]!r} has GPT-2 token {e.args[0]} "
+                            f"({self.gpt2.decode([e.args[0]])!r}), outside the compact vocabulary") from None
+
+    def __call__(self, texts: str | list[str]) -> dict[str, Any]:
+        if isinstance(texts, str):
+            return {"input_ids": self._compact(self.gpt2(texts)["input_ids"], texts)}
+        encoded = self.gpt2(texts)["input_ids"]
+        return {"input_ids": [self._compact(ids, t) for ids, t in zip(encoded, texts, strict=True)]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.gpt2.decode([self.gpt2_ids[int(i)] for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        if isinstance(tokens, str):
+            return self.to_compact[self.gpt2.convert_tokens_to_ids(tokens)]
+        return [self.to_compact[t] for t in self.gpt2.convert_tokens_to_ids(tokens)]
+
+
+def tokenizer_for(config: dict[str, Any], base_ids: list[int] | None = None) -> Any:
+    """GPT-2's tokenizer, or its compact restriction when the run asks for it (``compact_vocab``)."""
+    tok = build_tokenizer()
+    return CompactTokenizer(tok, base_ids) if config.get("compact_vocab") else tok
 
 
 @dataclass(frozen=True)
@@ -193,3 +264,13 @@ def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Te
 def extract_answer(text: str) -> str:
     """The reference's answer extraction: text after the last '#', commas dropped, stripped."""
     return text.split("#")[-1].replace(",", "").strip()
+
+
+_QUESTION = re.compile(r"Is (\S+) a (\S+) or (\S+)\?\s*$")
+
+
+def well_formed(answer: str, example: dict[str, Any]) -> bool:
+    """Whether an extracted answer is a proper ProsQA answer, right or wrong: "<root> is a <option>."
+    for one of the two options the question offers (chance accuracy among well-formed answers is 50%)."""
+    m = _QUESTION.search(example["question"])
+    return m is not None and answer in (f"{m[1]} is a {m[2]}.", f"{m[1]} is a {m[3]}.")

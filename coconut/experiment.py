@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coconut.generate import DEFAULT_SIZE, GraphSize
 from coconut.model import FEEDBACK_MODES
 from launch.experiment import RunContext
 
@@ -40,6 +41,21 @@ class CoconutExperiment:
             "data_seed": 0,              # the generated training set: the same for every run of a sweep
             "data_dir": "",              # "" -> $COCONUT_DATA_DIR or shared/data/prosqa next to the repo
             "val_size": 0,               # 0 -> all 300 validation examples
+            # ProsQA-mini: the generator's size knobs (coconut.generate.GraphSize; the defaults are the
+            # real splits' calibration): nodes grown per graph, and the root -> target path length
+            # (= the number of reasoning steps). Smaller graphs make shorter questions.
+            "graph_min_nodes": DEFAULT_SIZE.min_nodes,
+            "graph_max_nodes": DEFAULT_SIZE.max_nodes,
+            "graph_min_path": DEFAULT_SIZE.min_path,
+            "graph_max_path": DEFAULT_SIZE.max_path,
+            # "real": validate on the real 300 / test on the real 500 (full-size graphs). "generated":
+            # 300 validation and 500 test examples from the generator with the run's graph size and their
+            # own seeds (data_seed, 1) and (data_seed, 2), with every training question excluded (and the
+            # validation questions from test): a model trained on mini graphs is scored on mini graphs.
+            "eval_data": "real",
+            # Restrict GPT-2's BPE to the ~100 tokens ProsQA uses (coconut.data.CompactTokenizer): the
+            # same text in and out, a 110-row embedding/head instead of 50,257. From scratch only.
+            "compact_vocab": False,
             "test_at_end": False,        # accuracy of checkpoint_best on the 500 test examples at the end
             # evaluation and bookkeeping
             "max_new_tokens": 128,
@@ -72,6 +88,19 @@ class CoconutExperiment:
             problems.append(f"lr: must be positive, got {config['lr']}")
         if config["weight_decay"] < 0:
             problems.append(f"weight_decay: must be >= 0, got {config['weight_decay']}")
+        if config["eval_data"] not in ("real", "generated"):
+            problems.append(f"eval_data: must be 'real' or 'generated', got {config['eval_data']!r}")
+        if config["compact_vocab"] and config["base_model"]:
+            problems.append(f"compact_vocab: only for a model trained from scratch (base_model: \"\"); "
+                            f"{config['base_model']!r} has GPT-2's 50,257-row embedding")
+        ints = ("graph_min_nodes", "graph_max_nodes", "graph_min_path", "graph_max_path")
+        for key in ints:
+            if not isinstance(config[key], int) or isinstance(config[key], bool):
+                problems.append(f"{key}: must be an integer, got {config[key]!r}")
+        if all(isinstance(config[k], int) for k in ints):
+            size = GraphSize(config["graph_min_nodes"], config["graph_max_nodes"], config["graph_min_path"],
+                             config["graph_max_path"])
+            problems += size.problems(prefix="graph_")
         return problems
 
     def total_steps(self, config: dict[str, Any]) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,44 @@ P_PERSON_IF_NO_PARENT = 0.25
 MIN_GROWN, MAX_GROWN = 21, 26   # nodes grown before pruning (uniform); tuned so kept nodes average ~23
 MIN_PATH, MAX_PATH = 3, 6       # shortest root -> target distance allowed (the real splits: 3..6)
 MAX_NODES = 28                  # the real splits have at most 28 nodes
+# Consecutive rejected graphs after which a size setting is declared infeasible (the defaults reject
+# about 1 graph in 3; a mini setting that cannot make questions should fail fast, not spin forever).
+MAX_REJECTS = 10_000
 
 
-def _grow_graph(rng: np.random.Generator) -> list[list[int]]:
+@dataclass(frozen=True)
+class GraphSize:
+    """The generator's size knobs (ProsQA-mini). The defaults are the real splits' calibration above,
+    pinned by tests/coconut/test_generate.py; smaller values give smaller graphs and shorter paths."""
+
+    min_nodes: int = MIN_GROWN    # nodes grown before pruning: uniform in [min_nodes, max_nodes]
+    max_nodes: int = MAX_GROWN
+    min_path: int = MIN_PATH      # shortest root -> target distance (= number of reasoning steps)
+    max_path: int = MAX_PATH
+
+    def problems(self, prefix: str = "") -> list[str]:
+        """``<field>: <problem>`` for every value that cannot make questions (fields named ``prefix + field``,
+        as a spec names them)."""
+        p, out = prefix, []
+        if not 3 <= self.min_nodes <= self.max_nodes:
+            out.append(f"{p}min_nodes: must be in [3, {p}max_nodes={self.max_nodes}], got {self.min_nodes}")
+        if self.max_nodes > MAX_NODES:  # larger graphs are rejected after pruning (the real splits' largest)
+            out.append(f"{p}max_nodes: must be at most {MAX_NODES}, got {self.max_nodes}")
+        if not 1 <= self.min_path <= self.max_path:
+            out.append(f"{p}min_path: must be in [1, {p}max_path={self.max_path}], got {self.min_path}")
+        # The root, min_path concepts on the way to the target and the other person's own leaf.
+        if self.min_path + 3 > self.max_nodes:
+            out.append(f"{p}min_path: needs at least {p}min_path + 3 = {self.min_path + 3} nodes, "
+                       f"{p}max_nodes is {self.max_nodes}")
+        return out
+
+
+DEFAULT_SIZE = GraphSize()
+
+
+def _grow_graph(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -> list[list[int]]:
     """Parents of each node, nodes in creation order (so every edge goes from a lower to a higher id)."""
-    n_nodes = int(rng.integers(MIN_GROWN, MAX_GROWN + 1))
+    n_nodes = int(rng.integers(size.min_nodes, size.max_nodes + 1))
     parents: list[list[int]] = [[], []]
     descends = [{0}, {1}]          # which of the two first people reach each node
     depth = [0, 0]
@@ -113,9 +147,9 @@ def _prune(parents: list[list[int]]) -> list[list[int]]:
     return [[new_id[p] for p in parents[old]] for old in sorted(keep)]
 
 
-def generate_example(rng: np.random.Generator) -> dict[str, Any] | None:
+def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -> dict[str, Any] | None:
     """One ProsQA-style example, or None when this graph does not make a valid question."""
-    parents = _prune(_grow_graph(rng))
+    parents = _prune(_grow_graph(rng, size))
     n = len(parents)
     if n > MAX_NODES:
         return None
@@ -130,7 +164,7 @@ def generate_example(rng: np.random.Generator) -> dict[str, Any] | None:
     # The root is the person whose exclusive world goes deeper (ties at random).
     root = int(rng.integers(2)) if deepest[0] == deepest[1] else int(np.argmax(deepest))
     other = 1 - root
-    if not (MIN_PATH <= deepest[root] <= MAX_PATH) or not only[other]:
+    if not (size.min_path <= deepest[root] <= size.max_path) or not only[other]:
         return None
     farthest = [v for v in only[root] if dist[root][v] == deepest[root]]
     target = int(rng.choice(farthest))
@@ -173,16 +207,28 @@ def generate_example(rng: np.random.Generator) -> dict[str, Any] | None:
     }
 
 
-def generate_dataset(n_examples: int, seed: int) -> list[dict[str, Any]]:
-    """``n_examples`` examples, deterministic in ``seed``; questions are unique."""
+def generate_dataset(n_examples: int, seed: int | list[int], size: GraphSize = DEFAULT_SIZE,
+                     exclude: set[str] | frozenset[str] = frozenset(), max_rejects: int = MAX_REJECTS,
+                     ) -> list[dict[str, Any]]:
+    """``n_examples`` examples, deterministic in ``seed``; questions are unique and none is in
+    ``exclude`` (the questions of another split, to keep generated splits disjoint).
+    Raises ValueError when ``size`` rejects ``max_rejects`` graphs in a row (it cannot make questions,
+    or the small graphs have run out of distinct questions)."""
     rng = np.random.default_rng(seed)
     out: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = set(exclude)
+    rejects = 0
     while len(out) < n_examples:
-        ex = generate_example(rng)
+        ex = generate_example(rng, size)
         if ex is not None and ex["question"] not in seen:
             seen.add(ex["question"])
             out.append(ex)
+            rejects = 0
+        else:
+            rejects += 1
+            if rejects >= max_rejects:
+                raise ValueError(f"{size} rejected {max_rejects} graphs in a row after {len(out)} examples: "
+                                 "it cannot make (enough distinct) questions")
     return out
 
 

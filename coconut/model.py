@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from coconut.data import IGNORE, SpecialIds
+from coconut.data import IGNORE, INIT_TOKEN, CompactTokenizer, SpecialIds
 from launch.errors import UserError
 
 FEEDBACK_MODES = ("continuous", "frozen", "learned_shared", "pause_curriculum", "pause_multipass", "cot", "no_cot")
@@ -46,7 +46,6 @@ MODEL_NAMES = {
     "continuous": "coconut", "frozen": "pause-frozen", "learned_shared": "pause-learned",
     "pause_curriculum": "pause-curriculum", "pause_multipass": "pause-multipass", "cot": "cot", "no_cot": "no-cot",
 }
-INIT_TOKEN = "<<"  # the new tokens start as a copy of this token's embedding (as in run.py)
 
 # A thought transform gets the (B, D) thoughts about to enter latent number ``i`` and returns new ones
 # (the corruption test swaps in random vectors; a test detaches them to show gradients flow).
@@ -90,6 +89,9 @@ def build_base_model(cfg: ModelConfig, tok: Any) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if cfg.base_model:
+        if isinstance(tok, CompactTokenizer):  # its ids are not the pretrained checkpoint's rows
+            raise UserError(f"compact_vocab: not for a pretrained base_model ({cfg.base_model!r}): its "
+                            "embedding rows are GPT-2's 50,257 tokens")
         try:
             model = GPT2LMHeadModel.from_pretrained(cfg.base_model)
         except (OSError, ValueError) as e:

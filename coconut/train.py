@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 
 from coconut.data import (
+    CompactTokenizer,
     Curriculum,
     SpecialIds,
     Tokenized,
-    build_tokenizer,
     collate,
     collate_prompts,
     extract_answer,
@@ -39,9 +39,11 @@ from coconut.data import (
     load_prosqa,
     question_example,
     tokenize,
+    tokenizer_for,
     training_example,
+    well_formed,
 )
-from coconut.generate import generate_dataset
+from coconut.generate import GraphSize, generate_dataset
 from coconut.model import BASELINES, PAUSE_MODES, Coconut, ModelConfig, ThoughtFn, build_model
 from launch.checkpoint import (
     load_checkpoint,
@@ -112,16 +114,48 @@ def _all_reduce_mean(values: list[torch.Tensor], world: int) -> None:
 
 # --- data --------------------------------------------------------------------------------------------
 
-def load_splits(config: dict[str, Any], tok: Any) -> tuple[list[Tokenized], list[dict], list[Tokenized]]:
-    """(train tokens, validation examples, validation tokens). The training set is generated from
-    ``data_seed`` (the same for every run of a sweep), unless ``train_path`` names a ProsQA JSON file."""
+def graph_size_of(config: dict[str, Any]) -> GraphSize:
+    """The generator's size knobs of a run (ProsQA-mini when smaller than the defaults)."""
+    return GraphSize(min_nodes=config["graph_min_nodes"], max_nodes=config["graph_max_nodes"],
+                     min_path=config["graph_min_path"], max_path=config["graph_max_path"])
+
+
+# Seeds of the generated evaluation splits (eval_data: generated), derived from data_seed so that every
+# run of a sweep sees the same splits; disjoint from the training questions by construction (excluded).
+VAL_STREAM, TEST_STREAM = 1, 2
+GENERATED_VAL_SIZE, GENERATED_TEST_SIZE = 300, 500  # the real splits' sizes
+
+
+def eval_split(config: dict[str, Any], split: str, train_questions: set[str] | None = None) -> list[dict]:
+    """The validation or test examples: the real files (``eval_data: real``), or generated with the
+    run's graph size from their own seeds, excluding every training question (and, for test, every
+    validation question). ``train_questions`` saves regenerating the training set when known."""
+    if config["eval_data"] == "real":
+        data = load_prosqa(find_data_dir(config["data_dir"]) / f"prosqa_{'valid' if split == 'val' else split}.json")
+        return data[: config["val_size"] or None] if split == "val" else data
+    size = graph_size_of(config)
+    if train_questions is None:
+        train_questions = {ex["question"] for ex in training_examples(config)}
+    val = generate_dataset(config["val_size"] or GENERATED_VAL_SIZE, [config["data_seed"], VAL_STREAM], size,
+                           exclude=train_questions)
+    if split == "val":
+        return val
+    return generate_dataset(GENERATED_TEST_SIZE, [config["data_seed"], TEST_STREAM], size,
+                            exclude=train_questions | {ex["question"] for ex in val})
+
+
+def training_examples(config: dict[str, Any]) -> list[dict]:
+    """The training set: generated from ``data_seed`` with the run's graph size (the same for every run
+    of a sweep), unless ``train_path`` names a ProsQA JSON file."""
     if config["train_path"]:
-        train = load_prosqa(config["train_path"])[: config["train_size"] or None]
-    else:
-        train = generate_dataset(config["train_size"], seed=config["data_seed"])
-    valid = load_prosqa(find_data_dir(config["data_dir"]) / "prosqa_valid.json")
-    if config["val_size"]:
-        valid = valid[: config["val_size"]]
+        return load_prosqa(config["train_path"])[: config["train_size"] or None]
+    return generate_dataset(config["train_size"], seed=config["data_seed"], size=graph_size_of(config))
+
+
+def load_splits(config: dict[str, Any], tok: Any) -> tuple[list[Tokenized], list[dict], list[Tokenized]]:
+    """(train tokens, validation examples, validation tokens); see training_examples and eval_split."""
+    train = training_examples(config)
+    valid = eval_split(config, "val", {ex["question"] for ex in train})
     return tokenize(train, tok), valid, tokenize(valid, tok)
 
 
@@ -179,28 +213,32 @@ def accuracy(answers: list[str], gold: list[dict]) -> float:
     return sum(a == ex["answer"].replace(",", "").strip() for a, ex in zip(answers, gold, strict=True)) / len(gold)
 
 
-def sharded_accuracy(model: Coconut, tok: Any, examples: list[Tokenized], gold: list[dict], stage: int,
-                     cur: Curriculum, device: str, config: dict[str, Any], rank: int, world: int) -> float:
-    """Validation accuracy, each rank answering every world-th question; counts summed over ranks."""
+def sharded_scores(model: Coconut, tok: Any, examples: list[Tokenized], gold: list[dict], stage: int,
+                   cur: Curriculum, device: str, config: dict[str, Any], rank: int, world: int) -> tuple[float, float]:
+    """(accuracy, well-formed fraction) on validation, each rank answering every world-th question;
+    counts summed over ranks."""
     mine = list(range(rank, len(examples), world))
     answers = answer_questions(model, tok, [examples[i] for i in mine], stage, cur, device,
                                config["eval_batch_size"], config["max_new_tokens"])
     n_correct = sum(a == gold[i]["answer"].replace(",", "").strip() for a, i in zip(answers, mine, strict=True))
-    correct = torch.tensor([float(n_correct)], dtype=torch.float64, device=device)
+    n_formed = sum(well_formed(a, gold[i]) for a, i in zip(answers, mine, strict=True))
+    counts = torch.tensor([float(n_correct), float(n_formed)], dtype=torch.float64, device=device)
     if world > 1:
-        dist.all_reduce(correct)
-    return float(correct) / len(examples)
+        dist.all_reduce(counts)
+    return float(counts[0]) / len(examples), float(counts[1]) / len(examples)
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
 
-def _weights(model: Coconut, config: dict[str, Any], epoch: int, stage: int, metrics: dict[str, float],
+def _weights(model: Coconut, tok: Any, config: dict[str, Any], epoch: int, stage: int, metrics: dict[str, float],
              pause_init: torch.Tensor | None) -> dict[str, Any]:
     state = {
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "gpt2_config": model.base_causallm.config.to_dict(),
         "config": dict(config), "epoch": epoch, "stage": stage, "metrics": dict(metrics),
     }
+    if isinstance(tok, CompactTokenizer):  # the GPT-2 id of every row, so loading needs no recomputation
+        state["compact_vocab_ids"] = list(tok.gpt2_ids[: tok.vocab_size])
     if pause_init is not None:
         state["pause_embedding_init"] = pause_init.cpu().clone()
     return state
@@ -216,7 +254,7 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[Coconut, Any, d
     state = load_checkpoint(path, require=("model", "config", "gpt2_config"))  # verified before the slow import
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = build_tokenizer()
+    tok = tokenizer_for(state["config"], state.get("compact_vocab_ids"))
     gpt2_config = {k: v for k, v in state["gpt2_config"].items() if k not in ("transformers_version",)}
     base = GPT2LMHeadModel(GPT2Config(**gpt2_config))
     model = Coconut(base, state["config"]["feedback_mode"], SpecialIds.of(tok))
@@ -279,7 +317,7 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
         torch.cuda.set_device(device)
     lead = rank == 0
-    tok = build_tokenizer()
+    tok = tokenizer_for(config)
     ids = SpecialIds.of(tok)
     cur = curriculum_of(config)
     train_set, valid_raw, valid = load_splits(config, tok)
@@ -334,16 +372,16 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
         val_batches = epoch_batches(valid, stage, cur, ids, config["batch_size"], val_rng, rank, world)
         val_loss = torch.tensor(validation_loss(model, val_batches, device), device=device)
         _all_reduce_mean([val_loss], world)
-        val_acc = sharded_accuracy(model, tok, valid, valid_raw, stage, cur, device, config, rank, world)
+        val_acc, val_formed = sharded_scores(model, tok, valid, valid_raw, stage, cur, device, config, rank, world)
 
         done = epoch + 1
-        val_metrics = {"loss": float(val_loss), "accuracy": val_acc, "stage": stage}
+        val_metrics = {"loss": float(val_loss), "accuracy": val_acc, "well_formed": val_formed, "stage": stage}
         if pause_init is not None:
             val_metrics["pause_embedding_drift"] = float((model.pause_embedding.detach() - pause_init).norm())
         if lead:
             ctx.log(done, {"loss": float(train_loss), "stage": stage, "epoch_time_s": time.time() - t0}, "train")
             ctx.log(done, val_metrics, "val")
-            weights = _weights(model, config, done, stage, val_metrics, pause_init)
+            weights = _weights(model, tok, config, done, stage, val_metrics, pause_init)
             meta = {"config": _plain_json(config), "epoch": done, "stage": stage, "metrics": val_metrics}
             save_checkpoint(weights, run_dir / f"checkpoint_{done}", sidecar=meta)
             if val_acc > best["accuracy"]:  # strictly better, like run.py's best_acc
@@ -394,13 +432,14 @@ def _prune_epoch_checkpoints(run_dir: Path, keep: int, epochs_per_stage: int, do
 
 
 def final_test(config: dict[str, Any], ctx: RunContext, device: str) -> None:
-    """Accuracy of checkpoint_best on the test split (500), logged as split "test" at the final step."""
+    """Accuracy of checkpoint_best on the test split (the real 500, or the generated 500 with
+    ``eval_data: generated``), logged as split "test" at the final step."""
     model, tok, state = load_weights(ctx.run_dir / BEST, device)
-    test_raw = load_prosqa(find_data_dir(config["data_dir"]) / "prosqa_test.json")
+    test_raw = eval_split(config, "test")
     test = tokenize(test_raw, tok)
     stage = int(state["stage"])
     answers = answer_questions(model, tok, test, stage, curriculum_of(config), device, config["eval_batch_size"],
                                config["max_new_tokens"])
-    ctx.log(config["num_epochs"], {"accuracy": accuracy(answers, test_raw), "best_epoch": int(state["epoch"]),
-                               "stage": stage}, "test")
-
+    ctx.log(config["num_epochs"], {"accuracy": accuracy(answers, test_raw),
+                                   "well_formed": sum(map(well_formed, answers, test_raw)) / len(test_raw),
+                                   "best_epoch": int(state["epoch"]), "stage": stage}, "test")

@@ -311,6 +311,20 @@ def launch_coconut_unknown_feedback_mode(tmp: Path) -> list[str]:
                                 "axes: [{feedback_mode: [continuous, telepathy]}]\n"), "--cluster", "local"]
 
 
+@case("graph_min_path: needs at least graph_min_path + 3 = 8 nodes, graph_max_nodes is 6")
+def launch_coconut_mini_graph_too_small_for_its_path(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: coconut\npath: '{feedback_mode}/seed{seed}'\n"
+                                "fixed: {graph_min_nodes: 5, graph_max_nodes: 6, graph_min_path: 5, graph_max_path: 6}\n"
+                                "axes: [{feedback_mode: [cot]}]\n"), "--cluster", "local"]
+
+
+@case("compact_vocab: only for a model trained from scratch")
+def launch_coconut_compact_vocab_on_pretrained(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: coconut\npath: '{feedback_mode}/seed{seed}'\n"
+                                "fixed: {base_model: openai-community/gpt2, compact_vocab: true}\n"
+                                "axes: [{feedback_mode: [cot]}]\n"), "--cluster", "local"]
+
+
 # -- CLI arguments ------------------------------------------------------------------------
 
 

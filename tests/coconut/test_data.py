@@ -124,3 +124,54 @@ def test_collate_prompts_end_together(valid, ids):
 def test_extract_answer():
     assert extract_answer("Q?\n<|start-latent|>x\n### Tom is a lempus.") == "Tom is a lempus."
     assert extract_answer("no hash, here") == "no hash here"
+
+
+# -- the compact vocabulary -----------------------------------------------------------------------------
+
+def test_compact_vocabulary_round_trips_text_exactly(tok):
+    from coconut.data import CompactTokenizer
+    from coconut.generate import GraphSize, generate_dataset
+
+    compact = CompactTokenizer(tok)
+    d = find_data_dir()
+    data = (load_prosqa(d / "prosqa_valid.json") + load_prosqa(d / "prosqa_test.json")
+            + generate_dataset(200, seed=1) + generate_dataset(200, seed=2, size=GraphSize(6, 8, 1, 3)))
+    texts = [ex["question"] + "\n" for ex in data] + ["### " + ex["answer"] for ex in data]
+    texts += [s + "\n" for ex in data for s in ex["steps"]]
+    ids = compact(texts)["input_ids"]
+    assert [compact.decode(i) for i in ids] == texts
+    # the same tokens as GPT-2, renumbered: one compact id per GPT-2 id
+    assert [[compact.gpt2_ids[i] for i in row] for row in ids] == tok(texts)["input_ids"]
+    used = {i for row in ids for i in row}
+    assert len(used) < 120 and max(used) < compact.vocab_size < 200
+    # EOS, "<<" and the latent tokens are in; the latent tokens are the last three rows
+    assert compact.decode([compact.eos_token_id]) == tok.eos_token
+    assert compact.convert_tokens_to_ids(["<|start-latent|>", "<|end-latent|>", "<|latent|>"]) == \
+        [compact.vocab_size, compact.vocab_size + 1, compact.vocab_size + 2] and len(compact) == compact.vocab_size + 3
+    assert compact.decode([compact.convert_tokens_to_ids("<<")]) == "<<"
+    # decoding with the markers and EOS gives GPT-2's text for the same tokens, skip_special_tokens included
+    c, g = SpecialIds.of(compact), SpecialIds.of(tok)
+    row = [c.start, *ids[0][:3], c.latent, c.end, c.eos]
+    gpt2_row = [g.start, *tok(texts[0])["input_ids"][:3], g.latent, g.end, g.eos]
+    for skip in (False, True):
+        assert compact.decode(row, skip_special_tokens=skip) == tok.decode(gpt2_row, skip_special_tokens=skip)
+
+
+def test_compact_vocabulary_refuses_other_text(tok):
+    from coconut.data import CompactTokenizer
+    from launch.errors import UserError
+
+    compact = CompactTokenizer(tok)
+    with pytest.raises(UserError, match="compact_vocab: .*outside the compact vocabulary"):
+        compact(["Every wumpus is a zebra."])
+    assert compact("Every wumpus is a yumpus.")["input_ids"] == compact(["Every wumpus is a yumpus."])["input_ids"][0]
+
+
+def test_well_formed_answers():
+    from coconut.data import well_formed
+
+    ex = {"question": "Tom is a wumpus. Every wumpus is a yumpus. Is Tom a yumpus or rempus?"}
+    assert well_formed("Tom is a yumpus.", ex) and well_formed("Tom is a rempus.", ex)
+    assert not well_formed("Tom is a wumpus.", ex)          # a concept, but not one of the options
+    assert not well_formed("Sam is a yumpus.", ex) and not well_formed("Tom is a yumpus", ex)
+    assert not well_formed("", ex)

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from coconut.data import find_data_dir, load_prosqa
-from coconut.generate import CONCEPT_NAMES, PERSON_NAMES, generate_dataset
+from coconut.generate import CONCEPT_NAMES, PERSON_NAMES, GraphSize, generate_dataset
 
 
 def _children(ex: dict) -> dict[int, list[int]]:
@@ -123,3 +123,38 @@ def test_examples_are_well_formed(generated):
 def test_deterministic_in_seed():
     assert generate_dataset(20, seed=5) == generate_dataset(20, seed=5)
     assert generate_dataset(20, seed=5) != generate_dataset(20, seed=6)
+
+
+# -- ProsQA-mini: the size knobs ------------------------------------------------------------------------
+
+def test_default_size_is_the_calibrated_generator():
+    """The knobs default to the constants the statistics test above pins (same draws, same data)."""
+    assert generate_dataset(15, seed=3, size=GraphSize()) == generate_dataset(15, seed=3)
+    assert GraphSize().problems() == []
+
+
+def test_mini_graphs_respect_their_size():
+    size = GraphSize(min_nodes=7, max_nodes=9, min_path=2, max_path=3)
+    data = generate_dataset(150, seed=4, size=size)
+    assert all(len(ex["idx_to_symbol"]) <= 9 for ex in data)
+    assert {len(ex["steps"]) for ex in data} == {2, 3}
+    full = generate_dataset(150, seed=4)
+    assert statistics.mean(len(ex["question"]) for ex in data) < 0.5 * statistics.mean(len(ex["question"]) for ex in full)
+
+
+def test_exclude_keeps_splits_disjoint():
+    size = GraphSize(min_nodes=6, max_nodes=7, min_path=2, max_path=2)
+    stream = generate_dataset(60, seed=[0, 1], size=size)
+    banned = {ex["question"] for ex in stream[::2]}
+    other = generate_dataset(60, seed=[0, 1], size=size, exclude=banned)
+    assert len({ex["question"] for ex in other}) == 60 and not banned & {ex["question"] for ex in other}
+    # the same stream, with the banned questions skipped: what was not excluded comes out in order
+    assert [ex for ex in other if ex in stream] == stream[1::2]
+
+
+def test_infeasible_size_is_reported_not_looped():
+    assert [p.split(":")[0] for p in GraphSize(5, 6, 5, 6).problems(prefix="graph_")] == ["graph_min_path"]
+    assert [p.split(":")[0] for p in GraphSize(9, 8, 2, 3).problems()] == ["min_nodes"]
+    assert [p.split(":")[0] for p in GraphSize(3, 40, 2, 3).problems()] == ["max_nodes"]
+    with pytest.raises(ValueError, match="in a row"):
+        generate_dataset(5, seed=0, size=GraphSize(20, 21, 6, 6), max_rejects=50)  # 6 steps in 21 nodes: rare

@@ -178,3 +178,20 @@ def test_pretrained_base_model_from_a_local_path(tok, tmp_path):
     assert torch.equal(emb[50259], emb[tok.convert_tokens_to_ids("<<")])
     with pytest.raises(UserError, match="base_model"):
         build_model(ModelConfig(base_model=str(tmp_path / "missing")), tok)
+
+
+def test_compact_vocabulary_model_and_pretrained_refusal(tok, tmp_path):
+    """A from-scratch model on the compact vocabulary has one row per compact token (the latent rows start
+    as "<<", as with the full vocabulary); a pretrained base model refuses it (its rows are GPT-2's)."""
+    from coconut.data import CompactTokenizer
+    from launch.errors import UserError
+
+    compact = CompactTokenizer(tok)
+    model = build_model(ModelConfig(feedback_mode="continuous", n_layer=1, n_embd=16, n_head=2), compact)
+    emb = model.base_causallm.get_input_embeddings().weight
+    assert emb.shape == (len(compact), 16) and len(compact) < 200
+    assert torch.equal(emb[-1], emb[compact.convert_tokens_to_ids("<<")])
+    cot = build_model(ModelConfig(feedback_mode="cot", n_layer=1, n_embd=16, n_head=2), compact)
+    assert cot.base_causallm.get_input_embeddings().weight.shape[0] == compact.vocab_size
+    with pytest.raises(UserError, match="compact_vocab: not for a pretrained base_model"):
+        build_model(ModelConfig(feedback_mode="cot", base_model=str(tmp_path / "gpt2")), compact)

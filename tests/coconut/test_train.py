@@ -11,7 +11,7 @@ import torch
 
 from coconut.data import Curriculum, SpecialIds, build_tokenizer, extract_answer, question_example, tokenize
 from coconut.experiment import EXPERIMENT
-from coconut.generate import generate_dataset
+from coconut.generate import GraphSize, generate_dataset
 from coconut.model import ModelConfig, build_model
 from coconut.reference import reference_generate
 from coconut.train import answer_questions, checkpoint_for, load_model_by_name
@@ -106,3 +106,32 @@ def test_check_reports_bad_values():
     assert any(p.startswith("uniform_prob:") for p in problems)
     assert EXPERIMENT.check(EXPERIMENT.defaults()) == []
     assert EXPERIMENT.total_steps(EXPERIMENT.defaults()) == 50
+
+
+def test_check_reports_bad_mini_and_vocabulary_values():
+    cfg = EXPERIMENT.defaults() | {"graph_min_nodes": 9, "graph_max_nodes": 8, "eval_data": "both",
+                                   "compact_vocab": True, "base_model": "openai-community/gpt2"}
+    problems = EXPERIMENT.check(cfg)
+    assert sorted(p.split(":")[0] for p in problems) == ["compact_vocab", "eval_data", "graph_min_nodes"]
+    assert EXPERIMENT.check(EXPERIMENT.defaults() | {"graph_max_path": 2.5})[0].startswith("graph_max_path:")
+
+
+def test_compact_mini_run_scores_generated_splits_and_reloads(make_config, tmp_path):
+    """A ProsQA-mini run on the compact vocabulary: generated validation and test splits disjoint from the
+    training set, a checkpoint that records the vocabulary and loads back to the same answers."""
+    from coconut.train import eval_split, load_weights
+
+    cfg = make_config(compact_vocab=True, eval_data="generated", graph_min_nodes=7, graph_max_nodes=8,
+                      graph_min_path=2, graph_max_path=2, val_size=5, test_at_end=True, num_epochs=1)
+    EXPERIMENT.run(cfg, RunContext(run_dir=tmp_path))
+    recs = records(tmp_path)
+    assert [r["split"] for r in recs] == ["train", "val", "test"]
+    assert {"accuracy", "well_formed"} <= set(recs[1]["metrics"]) and "well_formed" in recs[2]["metrics"]
+    train_q = {ex["question"] for ex in generate_dataset(12, cfg["data_seed"], size=GraphSize(7, 8, 2, 2))}
+    val, test = eval_split(cfg, "val"), eval_split(cfg, "test")
+    assert len(val) == 5 and len(test) == 500 and eval_split(cfg, "val") == val
+    assert not train_q & {ex["question"] for ex in val} and not (train_q | {ex["question"] for ex in val}) & {
+        ex["question"] for ex in test}
+    model, tok, state = load_weights(tmp_path / "checkpoint_best")
+    assert len(state["compact_vocab_ids"]) == tok.vocab_size and len(tok) < 200
+    assert model.base_causallm.get_input_embeddings().weight.shape[0] == len(tok)
