@@ -152,7 +152,10 @@ def missing_notes(rows: pd.DataFrame, family: str, step: int | None = None) -> l
     all — inferred, since every group of a spec has the same tasks and seeds."""
     runs = run_table(rows)
     notes = []
-    group_last = runs.groupby(["spec", "group"])["last_step"].transform("max")
+    # Runs of one group trained for different lengths (a budget curve) are compared only
+    # with runs of their own length.
+    length = [c for c in ("max_iters", "num_epochs") if c in runs.columns and runs[c].notna().all()]
+    group_last = runs.groupby(["spec", "group", *length])["last_step"].transform("max")
     for run, group_max in zip(runs.itertuples(), group_last, strict=True):
         problems = []
         if run.state != "completed":
