@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter
 
 from analysis.load import (
     apply_only,
@@ -184,7 +184,9 @@ def budget_figure(rows: pd.DataFrame, step: int | None) -> Rendered:
             ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7)
     ax.axhline(THRESHOLD, color="#999999", linestyle=":", linewidth=1, label=f"{THRESHOLD:.0%}")
     ax.set_xscale("log")
+    ax.set_xticks(sorted(data["budget"].unique()))  # the budgets trained, labelled in full
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     percent_axis(ax)
     ax.set_xlabel("training budget (sequences = iterations x batch size, log scale)")
     ax.set_ylabel("OOD exact match (% of lists, mean over test K)")
