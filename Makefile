@@ -39,7 +39,7 @@ reproduce-sortgpt: venv
 
 # COCONUT at CPU scale (issue 16): 7 modes x 2 seeds from scratch on ProsQA-mini, local executor ->
 # Parquet -> plots + summary under reproduce/coconut/. Findings and wall times: REPRODUCTION.md.
-REPRO_COCONUT ?= reproduce/coconut
+REPRO_COCONUT ?= $(REPRO)/coconut
 reproduce-coconut: venv
 	$(BIN)/sweep launch sweeps/reproduce_coconut.yaml --cluster local --root $(REPRO_COCONUT)/checkpoints
 	$(BIN)/sweep wait sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints
