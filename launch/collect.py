@@ -154,6 +154,15 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         records.append((prov, r.config, recs))
         report.runs += 1
 
+    report.rows = write_table(records, config_cols, Path(out))
+    return report
+
+
+def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]], config_cols: list[str],
+                out: Path) -> int:
+    """Write the long table (one row per metrics record) of ``records`` — (provenance, config,
+    metrics records) per run — atomically to ``out``; returns the number of rows. Shared by
+    ``sweep collect`` and anything that must write rows of the same schema (``sweep evaluate``)."""
     # a config parameter named like a provenance/record column keeps its value as config_<name>
     cfg_col = {k: f"config_{k}" if k in PROVENANCE or k in RECORD else k for k in config_cols}
     reserved = set(PROVENANCE) | set(RECORD) | set(cfg_col.values())
@@ -192,10 +201,8 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         if df[c].map(type).nunique() > 1 and not pd.api.types.is_numeric_dtype(df[c]):
             df[c] = df[c].map(lambda v: None if v is None else str(v))
     table = pa.Table.from_pandas(df, preserve_index=False)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)
     tmp.replace(out)
-    report.rows = n
-    return report
+    return n

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from launch.checkpoint import load_checkpoint, read_sidecar
-from launch.collect import PROVENANCE, RECORD
+from launch.collect import write_table
 from launch.errors import CheckpointError, UserError
 from sortgpt import train as single
 from sortgpt.model import GPT
@@ -298,54 +298,12 @@ def evaluate_models(models: list[Model], device: torch.device, test_k: tuple[int
 
 def write_results(models: list[Model], out: Path) -> int:
     """``sweep collect``'s table (launch/collect.py) from the evaluation records."""
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     config_cols: list[str] = []
     for m in models:
         for k in m.config:
-            if k not in config_cols and k != "seed":
+            if k not in config_cols and k != "seed":  # seed is a provenance column
                 config_cols.append(k)
-    cfg_col = {k: f"config_{k}" if k in PROVENANCE or k in RECORD else k for k in config_cols}
-    reserved = set(PROVENANCE) | set(RECORD) | set(cfg_col.values())
-    metric_cols: dict[str, str] = {}
-    columns: dict[str, list[Any]] = {c: [] for c in PROVENANCE + RECORD + list(cfg_col.values())}
-    n = 0
-    for m in models:
-        for rec in m.records:
-            for c in PROVENANCE:
-                columns[c].append(m.provenance[c])
-            for c in RECORD:
-                columns[c].append(rec[c])
-            for c in config_cols:
-                v = m.config.get(c)
-                columns[cfg_col[c]].append(json.dumps(v) if isinstance(v, (list, dict)) else v)
-            for name, v in rec["metrics"].items():
-                col = metric_cols.get(name)
-                if col is None:
-                    col = metric_cols[name] = f"metric_{name}" if name in reserved else name
-                    columns[col] = [None] * n
-                columns[col].append(v)
-            n += 1
-            for col in metric_cols.values():
-                if len(columns[col]) < n:
-                    columns[col].append(None)
-    df = pd.DataFrame(columns)
-    for c in ("started_at", "ended_at"):
-        df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-    for c in ("task", "seed", "step", "length"):
-        df[c] = df[c].astype("Int64")
-    for c in metric_cols.values():
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in cfg_col.values():
-        if df[c].map(type).nunique() > 1 and not pd.api.types.is_numeric_dtype(df[c]):
-            df[c] = df[c].map(lambda v: None if v is None else str(v))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-    tmp.replace(out)
-    return n
+    return write_table([(m.provenance, m.config, m.records) for m in models], config_cols, out)
 
 
 def evaluate_tree(tree: Path, out: Path, device: str = "cpu", test_k: tuple[int, int] | None = None,
