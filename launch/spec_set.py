@@ -28,7 +28,7 @@ from typing import Any
 from launch.errors import SpecError
 from launch.experiment import Experiment
 from launch.spec import Spec, parse_spec, read_spec_file
-from launch.tasks import Run, _normalized, expand
+from launch.tasks import Run, expand, normalized_dir
 
 COMPOSITE_KEYS = {"include", "name", "description"}
 
@@ -162,7 +162,7 @@ def expand_set(sset: SpecSet) -> list[Run]:
     owner: dict[str, tuple[str, str]] = {}  # normalized rel_dir -> (part name, rel_dir)
     for part in sset.parts:
         for r in expand(part):
-            same = _normalized(r.rel_dir)
+            same = normalized_dir(r.rel_dir)
             if same in owner:
                 other, other_rel = owner[same]
                 shown = repr(r.rel_dir) if r.rel_dir == other_rel else f"{other_rel!r} and {r.rel_dir!r} (one directory)"

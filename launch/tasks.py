@@ -89,7 +89,7 @@ def expand(spec: Spec) -> list[Run]:
                     # a value like '../x' or '' would put the run outside the tree root
                     raise SpecError(spec.file, "path", f"{desc} maps to {rel!r}, outside the tree root")
                 _check_usable(rel, fields, spec, desc)
-                same = _normalized(rel)  # a//b, a/./b and A/b are one directory (the last on some file systems)
+                same = normalized_dir(rel)  # a//b, a/./b and A/b are one directory (the last on some file systems)
                 if same in where:
                     other, other_rel = where[same]
                     shown = repr(rel) if rel == other_rel else f"{other_rel!r} and {rel!r} (one directory)"
@@ -100,7 +100,7 @@ def expand(spec: Spec) -> list[Run]:
     return runs
 
 
-def _normalized(rel: str) -> str:
+def normalized_dir(rel: str) -> str:
     """The directory ``rel`` names once the file system has read it: ``a//b`` and ``a/./b`` are
     ``a/b``; case-folded, because macOS and Windows file systems ignore case."""
     return posixpath.normpath(rel).casefold()
