@@ -26,7 +26,7 @@ demo: venv
 	$(BIN)/sweep summary $(OUT)/results.parquet
 
 # The papers' findings at CPU scale (REPRODUCTION.md): the sortgpt length-generalization grid,
-# reduced (sweeps/reproduce_sortgpt.yaml, ~20 min on 2 cores), and the COCONUT modes on ProsQA-mini.
+# reduced (sweeps/reproduce_sortgpt.yaml, under 20 min on 2 cores), and the COCONUT modes on ProsQA-mini.
 REPRO ?= reproduce
 reproduce: reproduce-sortgpt reproduce-coconut
 
