@@ -20,6 +20,7 @@ newest one that loads.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import hashlib
 import json
@@ -153,12 +154,29 @@ def _write_atomically(path: Path, write, replace: bool = True) -> Path:
             os.fsync(f.fileno())
         if replace:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = _disk_full(path.parent, e)  # asked before the temp file's space is given back
         tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
     if replace:
         _fsync_dir(path.parent)
     return tmp
+
+
+def _disk_full(directory: Path, e: BaseException) -> bool:
+    """Whether a failed write failed for lack of space. torch.save reports a full disk as
+    ``RuntimeError: ... file write failed``, which names neither the cause nor the file."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(e, Exception):
+        return False
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -87,6 +87,8 @@ class RunContext:
     device: str = "cpu"
     # a train-split ``loss`` that is NaN or ±inf ends the run (the spec's fail_on_nonfinite_loss)
     fail_on_nonfinite_loss: bool = True
+    # set by an experiment that ends this run as failed while the other runs of its pack go on
+    failure: str | None = None
     _wandb_run: Any = field(default=None, repr=False)
     _last_progress: float = field(default=0.0, repr=False)
     _unwritten_progress: tuple[int, int] | None = field(default=None, repr=False)

@@ -10,6 +10,7 @@ from the resume state it left in its directory. A run requeued more than
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import socket
@@ -152,13 +153,23 @@ def run_one(root: Path, rel_dir: str) -> bool:
     with _logging_to([ctx.run_dir / st.LOG_FILE], _header()) as logs:
         try:
             load_experiment(info["experiment"]).run(info["config"], ctx)
-        except Exception:
-            error = traceback.format_exc()
+        except Exception as e:
+            error = _failure(e)
             logs[0].write(error)
         finally:
             ctx.finish()
+    error = error or ctx.failure
     _finish(store, rel_dir, state, t0, error)
     return error is None
+
+
+def _failure(e: BaseException) -> str:
+    """The traceback, ending in a line that names the cause where it is known: status shows the last line,
+    and "OSError: [Errno 28] ..." or torch's "file write failed" is not what a person should have to read."""
+    text = traceback.format_exc()
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += f"no space left on device{f' writing {e.filename}' if e.filename else ''}\n"
+    return text
 
 
 def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
@@ -175,16 +186,16 @@ def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
         with _logging_to([c.run_dir / st.LOG_FILE for c in ctxs], _header() + f"(pack of {len(todo)})\n") as logs:
             try:
                 experiment.run_pack([infos[rel]["config"] for rel in todo], ctxs)
-            except Exception:
-                error = traceback.format_exc()
+            except Exception as e:
+                error = _failure(e)
                 for log in logs:
                     log.write(error)
             finally:
                 for c in ctxs:
                     c.finish()
-        for rel in todo:
+        for rel, ctx in zip(todo, ctxs):
             _, state, t0 = started[rel]  # type: ignore[misc]
-            _finish(store, rel, state, t0, error)
+            _finish(store, rel, state, t0, error or ctx.failure)  # one run may fail while its pack goes on
     return [store.state(rel).get("state") == st.COMPLETED for rel in rel_dirs]
 
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from launch.checkpoint import rng_state, save_checkpoint, set_rng_state
 from launch.errors import UserError
-from launch.experiment import RunContext
+from launch.experiment import NonFiniteLoss, RunContext
 from sortgpt import train as single  # the single-run loop: its schedules, seeds and formats are the contract
 from sortgpt.data import pick_train_k, sample_batch
 from sortgpt.model import GPT, GPTConfig
@@ -666,7 +666,11 @@ class Pack:
             single.save_resume_state(Path(run.ctx.run_dir), self.full_state(run, finished=True),
                                      int(run.cfg["keep_resume"]))
             run.ctx.progress(run.step, int(run.cfg["max_iters"]), force=True)
-        keep = [i for i, r in enumerate(self.runs) if all(r is not d for d in done)]
+        self.leave(done)
+
+    def leave(self, runs: list[PackedRun]) -> None:
+        """Take ``runs`` out of the pack (finished, or failed); the others train on unchanged."""
+        keep = [i for i, r in enumerate(self.runs) if all(r is not d for d in runs)]
         self.runs = [self.runs[i] for i in keep]
         self.weights = self.weights.detach()[keep].requires_grad_(True)
         self.optimizer.keep(keep)
@@ -722,9 +726,21 @@ def train_pack(configs: Sequence[dict[str, Any]], ctxs: Sequence[RunContext],
         itrs = [r.step for r in pack.runs]
         pack.train_step()
         evaluating = [r for r, itr in zip(pack.runs, itrs) if itr % int(r.cfg["eval_every"]) == 0]
+        failed = []
         for run in evaluating:
-            run.ctx.log(run.step, {k: (v.item() if isinstance(v, torch.Tensor) else v)
-                                   for k, v in run.train_record.items()}, split="train")
+            try:
+                run.ctx.log(run.step, {k: (v.item() if isinstance(v, torch.Tensor) else v)
+                                       for k, v in run.train_record.items()}, split="train")
+            except NonFiniteLoss as e:
+                # one run's NaN ends that run only: the harness marks it failed with this reason
+                print(f"sortgpt: {e}")
+                run.ctx.failure = str(e)
+                failed.append(run)
+        if failed:
+            pack.leave(failed)
+            evaluating = [r for r in evaluating if all(r is not f for f in failed)]
+            if not pack.runs:
+                return
         if evaluating:
             pack.evaluate(evaluating)
         for run in pack.runs:

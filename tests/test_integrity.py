@@ -206,6 +206,49 @@ def test_a_training_loss_that_becomes_nan_fails_the_run_with_its_step(tmp_path: 
     assert run_one(other, rel) is True
 
 
+def _sortgpt_run(root: Path, name: str, **overrides) -> str:
+    from sortgpt.experiment import EXPERIMENT
+
+    config = EXPERIMENT.defaults() | {"vocab_n": 16, "n_embd": 16, "n_layers": 1, "use_mlp": False,
+                                      "train_min_k": 2, "train_max_k": 4, "test_min_k": 5, "test_max_k": 6,
+                                      "max_iters": 30, "batch_size": 16, "max_lr": 1e-3, "min_lr": 1e-5,
+                                      "warmup_iters": 2, "eval_every": 5, "eval_samples": 10,
+                                      "checkpoint_iter": 0, "save_every": 10, "device": "cpu", "seed": 3} | overrides
+    rel = f"pack/{name}"
+    (root / rel).mkdir(parents=True)
+    info = {"spec": "s", "experiment": "sortgpt", "group": "g", "task": 0, "seed": 3, "rel_dir": rel,
+            "run_key": name.ljust(12, "0")[:12], "params": {}, "config": config}
+    (root / rel / "run.json").write_text(json.dumps(info))
+    return rel
+
+
+def test_a_nan_loss_in_a_pack_fails_that_run_only(tmp_path: Path) -> None:
+    """Two runs trained as one pack; one diverges (a learning rate of 1e30). It ends failed with its step;
+    the other completes, with exactly the metrics it has when trained alone."""
+    from launch.runner import run_one, run_pack
+
+    good, bad = _sortgpt_run(tmp_path, "good"), _sortgpt_run(tmp_path, "bad", max_lr=1e30)
+    assert run_pack(tmp_path, [good, bad]) == [True, False]
+    state = json.loads((tmp_path / bad / "state.json").read_text())
+    assert state["state"] == "failed" and "training loss of pack/bad is nan at step" in state["error"], state
+    assert json.loads((tmp_path / good / "state.json").read_text())["state"] == "completed"
+    assert list((tmp_path / good).glob("Final_*.pt")) and not list((tmp_path / bad).glob("Final_*.pt"))
+
+    alone = tmp_path / "alone"
+    assert run_one(alone, _sortgpt_run(alone, "good")) is True
+
+    def records(run_dir: Path) -> list[tuple]:
+        recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["split"], r["length"], sorted(r["metrics"])) for r in recs]
+
+    assert records(tmp_path / good) == records(alone / "pack/good")
+    packed = [json.loads(x)["metrics"].get("exact_match_acc")
+              for x in (tmp_path / good / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(x)["metrics"].get("exact_match_acc")
+              for x in (alone / "pack/good" / "metrics.jsonl").read_text().splitlines()]
+    assert packed == single
+
+
 def test_the_grid_size_is_refused_from_axis_lengths_alone() -> None:
     from launch.errors import SpecError
     from launch.spec import parse_spec
@@ -290,6 +333,37 @@ def test_a_launch_on_a_full_disk_is_one_line_and_leaves_no_temp_files(tmp_path: 
         assert p.stderr.strip() == f"error: {root}/.sweep/manifests/spec.json: No space left on device"
         assert not [q for q in root.rglob("*") if ".tmp" in q.name]
         assert not (root / ".sweep" / "manifests" / "spec.json").exists()
+    finally:
+        subprocess.run(["umount", str(root)])
+
+
+def test_a_run_that_fills_the_disk_fails_naming_the_cause_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    """A real 1 MiB tmpfs; a run whose first checkpoint (~6 MB) cannot fit. torch.save says only
+    "file write failed": the run's status reason must say the disk is full, and which file."""
+    import os
+    import subprocess
+
+    from launch import status as stt
+    from launch.runner import run_one
+    from launch.tasks import Run
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    root = tmp_path / "tree"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        rel = _sortgpt_run(root, "big", n_embd=256, n_layers=2, use_mlp=True, max_iters=2, batch_size=4,
+                           eval_every=100)
+        assert run_one(root, rel) is False
+        run = Run(spec="s", experiment="sortgpt", group="g", task=0, seed=3, rel_dir=rel, run_key="big000000000",
+                  config={}, params={})
+        [status], _ = stt.run_statuses(Store(root), [run], query=False)
+        assert status.state == "failed"
+        assert status.reason.startswith("no space left on device writing ") and "Final_" in status.reason, status
+        assert not [q for q in root.rglob("*") if ".tmp" in q.name]
+        assert not list((root / rel).glob("Final_*"))
     finally:
         subprocess.run(["umount", str(root)])
 
