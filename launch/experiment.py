@@ -39,6 +39,9 @@ from launch.errors import UserError
 
 @runtime_checkable
 class Experiment(Protocol):
+    """What an experiment provides. Optional: ``later_params`` (see :func:`later_params`), ``total_steps``,
+    ``extend``, ``run_pack``/``pack_key``/``pack_size_auto``."""
+
     name: str
 
     def defaults(self) -> dict[str, Any]: ...
@@ -46,6 +49,19 @@ class Experiment(Protocol):
     def check(self, config: dict[str, Any]) -> list[str]: ...
 
     def run(self, config: dict[str, Any], ctx: RunContext) -> None: ...
+
+
+def later_params(experiment: object) -> dict[str, Any]:
+    """Parameters an experiment gained after trees were written with it, each with the value that gives
+    the old behaviour (``later_params`` on the experiment object). A run whose value equals it leaves the
+    parameter out of its run key, so adding a knob does not change the identity of every existing run;
+    a run.json written before the knob existed gets that value when it runs (or resumes)."""
+    return dict(getattr(experiment, "later_params", None) or {})
+
+
+def with_later_params(experiment: object, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as the experiment of today reads it: later parameters it lacks take their old value."""
+    return later_params(experiment) | config
 
 
 def load_experiment(name: str) -> Experiment:

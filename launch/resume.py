@@ -38,7 +38,7 @@ import click
 from launch import store as st
 from launch.cli import FiniteFloatRange
 from launch.errors import UserError
-from launch.experiment import METRICS_FILE, load_experiment
+from launch.experiment import METRICS_FILE, later_params, load_experiment, with_later_params
 from launch.store import Store, read_json, write_json
 from launch.tasks import run_key
 
@@ -109,14 +109,14 @@ def child_rel_dir(parent_rel: str, steps: int, lr: float | None) -> str:
 def child_info(parent: Parent, steps: int, lr: float | None) -> dict[str, Any]:
     """The child's run.json: extended config (the experiment's hook), new key, provenance."""
     info = parent.info
-    config = parent.experiment.extend(dict(info["config"]), steps, lr)
+    config = parent.experiment.extend(with_later_params(parent.experiment, dict(info["config"])), steps, lr)
     problems = parent.experiment.check(config)
     if problems:
         raise UserError(f"the extended config is invalid: {problems[0]}")
     changed = {k: [info["config"].get(k), v] for k, v in config.items() if info["config"].get(k) != v}
     sidecar = read_json(_sidecar(parent.resume_state)) or {}
     return {**info, "rel_dir": child_rel_dir(parent.rel_dir, steps, lr), "config": config,
-            "run_key": run_key(info["experiment"], config),
+            "run_key": run_key(info["experiment"], config, later_params(parent.experiment)),
             "parent": {"run_dir": parent.rel_dir, "run_key": info.get("run_key"), "step": parent.step,
                        "resume_state": parent.resume_state.name, "sha256": sidecar.get("sha256"),
                        "steps": steps, "lr": lr, "changed": changed}}

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import submitit
 
 from launch import store as st
-from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append
+from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append, with_later_params
 from launch.provenance import git_commit
 from launch.store import Store, read_json
 
@@ -152,7 +152,8 @@ def run_one(root: Path, rel_dir: str) -> bool:
     error = None
     with _logging_to([ctx.run_dir / st.LOG_FILE], _header()) as logs:
         try:
-            load_experiment(info["experiment"]).run(info["config"], ctx)
+            experiment = load_experiment(info["experiment"])
+            experiment.run(with_later_params(experiment, info["config"]), ctx)
         except Exception as e:
             error = _failure(e)
             logs[0].write(error)
@@ -185,7 +186,7 @@ def run_pack(root: Path, rel_dirs: list[str]) -> list[bool]:
         error = None
         with _logging_to([c.run_dir / st.LOG_FILE for c in ctxs], _header() + f"(pack of {len(todo)})\n") as logs:
             try:
-                experiment.run_pack([infos[rel]["config"] for rel in todo], ctxs)
+                experiment.run_pack([with_later_params(experiment, infos[rel]["config"]) for rel in todo], ctxs)
             except Exception as e:
                 error = _failure(e)
                 for log in logs:
@@ -224,7 +225,8 @@ def run_unit(root: Path, rel_dirs: list[str], infos: dict[str, dict[str, Any]] |
         for rel in rel_dirs:
             info = read_json(Path(root) / rel / st.RUN_FILE) or {}
             if info and not info.get("_corrupt") and Store(root).state(rel).get("state") != st.COMPLETED:
-                load_experiment(info["experiment"]).run(info["config"], _context(Store(root), rel, info))
+                experiment = load_experiment(info["experiment"])
+                experiment.run(with_later_params(experiment, info["config"]), _context(Store(root), rel, info))
         return [True] * len(rel_dirs)
     if len(rel_dirs) > 1:
         infos = [read_json(Path(root) / rel / st.RUN_FILE) or {} for rel in rel_dirs]

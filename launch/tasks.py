@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from launch.errors import SpecError, UserError
+from launch.experiment import later_params
 from launch.spec import Axis, Spec, yaml_value
 
 
@@ -40,7 +41,13 @@ class Run:
                 "params": self.params, "config": self.config}
 
 
-def run_key(experiment: str, config: dict[str, Any]) -> str:
+def run_key(experiment: str, config: dict[str, Any], later: dict[str, Any] | None = None) -> str:
+    """The run's identity: a hash of the experiment name and the full config. Parameters in ``later``
+    (the experiment's ``later_params``) are left out while they hold their old value (same type and value:
+    ``True`` is not ``1``), so a tree written before they existed keeps its keys."""
+    if later:
+        config = {k: v for k, v in config.items()
+                  if not (k in later and type(v) is type(later[k]) and v == later[k])}
     canon = json.dumps({"experiment": experiment, "config": config}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
@@ -59,6 +66,7 @@ def expand(spec: Spec) -> list[Run]:
     """All runs of ``spec``; raises SpecError on invalid configs or colliding directories."""
     assert spec.experiment is not None
     defaults = spec.experiment.defaults()
+    later = later_params(spec.experiment)
     runs: list[Run] = []
     where: dict[str, tuple[str, str]] = {}  # normalized rel_dir -> (description, rel_dir), for collisions
     group_names: dict[str, dict[str, Any]] = {}
@@ -74,7 +82,7 @@ def expand(spec: Spec) -> list[Run]:
             base = {**defaults, **spec.fixed, **params}
             for seed in spec.seeds:
                 config = {**base, "seed": seed}
-                key = run_key(spec.experiment_name, config)
+                key = run_key(spec.experiment_name, config, later)
                 ckey = json.dumps(config, sort_keys=True)
                 if ckey not in checked:  # seeds rarely matter to check(); still check each config once
                     checked.add(ckey)

@@ -53,6 +53,58 @@ def test_run_key_is_hash_of_resolved_config():
     assert len(a) == 12
 
 
+class NoopWithALaterKnob:
+    """noop after it gained a knob: ``z`` (False keeps the old behaviour; True would change the run)."""
+
+    name = "noop_later"
+    later_params = {"z": False}
+
+    def __init__(self) -> None:
+        from launch.noop import EXPERIMENT
+
+        self.noop = EXPERIMENT
+
+    def defaults(self) -> dict:
+        return self.noop.defaults() | {"z": False}
+
+    def check(self, config: dict) -> list[str]:
+        return self.noop.check(config)
+
+    def run(self, config: dict, ctx) -> None:
+        assert config["z"] in (False, True), config  # a run.json from before the knob gets z: False
+        self.noop.run(config, ctx)
+
+
+NOOP_LATER = NoopWithALaterKnob()
+
+
+def test_a_knob_added_later_keeps_the_run_keys_of_existing_trees(write_spec, tmp_path: Path):
+    """Adding a parameter with its old value as default changes no run key; using it does. A run.json
+    written before the knob existed runs with the old value."""
+    from launch.runner import run_one
+    from launch.store import Store
+
+    base = BASE.replace("fixed: {steps: 2}\n", "")
+    old = expand(load_spec(write_spec(base)))
+    new = expand(load_spec(write_spec(base.replace("experiment: noop", "experiment: tests.test_spec:NOOP_LATER"))))
+    assert [r.config["z"] for r in new] == [False] * len(new)
+    assert [run_key("noop_later", r.config, NOOP_LATER.later_params) for r in new] == \
+        [run_key("noop_later", old_r.config) for old_r in old]
+    assert [r.run_key for r in new] == [run_key("tests.test_spec:NOOP_LATER", o.config) for o in old]
+    on = expand(load_spec(write_spec(base.replace("experiment: noop", "experiment: tests.test_spec:NOOP_LATER")
+                                     .replace("axes:", "fixed: {z: true}\naxes:"))))
+    assert not {r.run_key for r in on} & {r.run_key for r in new}
+    # same value, other type: True is not 1
+    assert run_key("e", {"z": 0}, {"z": False}) != run_key("e", {}, {"z": False})
+
+    # a run directory written before the knob: its config has no z
+    r = old[0]
+    info = {"spec": "s", "experiment": "tests.test_spec:NOOP_LATER", "group": r.group, "task": r.task,
+            "seed": r.seed, "rel_dir": r.rel_dir, "run_key": r.run_key, "params": {}, "config": r.config}
+    Store(tmp_path).write_run_info(r.rel_dir, info)
+    assert "z" not in info["config"] and run_one(tmp_path, r.rel_dir) is True
+
+
 def test_only_filter(write_spec):
     runs = expand(load_spec(write_spec(BASE.replace("fixed: {steps: 2}\n", ""))))
     sel = select(runs, parse_only("label=b,steps=2", runs))
