@@ -95,10 +95,29 @@ def family_frame(frame: pd.DataFrame, family: str, path: Path) -> pd.DataFrame:
     bools, ints = TYPED_COLUMNS[family]
     for name in bools + ints + ("step",):
         if name in rows.columns and rows[name].notna().all():
-            rows[name] = rows[name].astype(bool if name in bools else "int64")
+            rows[name] = as_bool(rows[name], name, path) if name in bools else rows[name].astype("int64")
     if family == "sortgpt":
         rows = with_sortgpt_columns(rows)
     return rows.reset_index(drop=True)
+
+
+_TEXT_BOOLS = {"True": True, "False": False, "true": True, "false": False}
+
+
+def as_bool(column: pd.Series, name: str, path: Path) -> pd.Series:
+    """A flag column as bools. Tables written by an older ``sweep collect`` hold the flags of a
+    two-experiment table as the text "True"/"False", and ``astype(bool)`` reads "False" as True."""
+    if pd.api.types.is_bool_dtype(column):
+        return column
+    values = list(column)
+    if all(isinstance(v, (bool, int)) or type(v).__name__ == "bool_" for v in values):
+        return column.astype(bool)
+    wrong = next((v for v in values if not (isinstance(v, str) and v in _TEXT_BOOLS)
+                  and not isinstance(v, (bool, int))), None)
+    if wrong is not None:
+        raise UserError(f"{path}: column {name!r} should hold true/false, found {wrong!r}")
+    return pd.Series([_TEXT_BOOLS[v] if isinstance(v, str) else bool(v) for v in values], index=column.index,
+                     dtype=bool)
 
 
 def with_sortgpt_columns(rows: pd.DataFrame) -> pd.DataFrame:

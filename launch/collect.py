@@ -25,6 +25,7 @@ metrics     one float column per metric name; ``metric_<name>`` on a clash
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,12 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
         df[c] = df[c].astype("Int64")
     for c in metric_cols.values():
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
-    for c in cfg_col.values():  # a column that mixes types (e.g. None and str) is stored as text
-        if df[c].map(type).nunique() > 1 and not pd.api.types.is_numeric_dtype(df[c]):
+    for c in cfg_col.values():
+        # A column whose values are of one type plus None (a parameter of one experiment in a table of
+        # two) keeps that type, with nulls: storing it as text made False the string "False", which is
+        # truthy. Only values of really different types (e.g. 3 and "a") are stored as text.
+        kinds = {type(v) for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1 and not pd.api.types.is_numeric_dtype(df[c]):
             df[c] = df[c].map(lambda v: None if v is None else str(v))
     table = pa.Table.from_pandas(df, preserve_index=False)
     out.parent.mkdir(parents=True, exist_ok=True)
