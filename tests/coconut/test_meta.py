@@ -163,3 +163,19 @@ def test_foreign_file_is_one_line(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "checkpoint_1")
     result = CliRunner().invoke(answer_command, [str(tmp_path / "checkpoint_1"), QUESTION])
     assert result.exit_code == 2 and "neither a coconut checkpoint" in result.output
+
+
+def test_export_names_best_by_its_epoch_when_that_file_was_pruned(tiny_run, tmp_path):
+    """run.py names every file by its epoch: a checkpoint_best whose own checkpoint_<n> was pruned
+    (keep_checkpoints) is written as checkpoint_<n>, its epoch from its sidecar."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for suffix in ("", ".json"):
+        shutil.move(run / f"checkpoint_1{suffix}", run / f"checkpoint_best{suffix}")
+    out = tmp_path / "meta"
+    result = CliRunner().invoke(export_command, [str(run), "--format", "meta-coconut", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_1", "checkpoint_2"]
+    best, _, _ = load_weights(run / "checkpoint_best")
+    state = torch.load(out / "checkpoint_1", weights_only=True)
+    assert all(torch.equal(state["base_causallm." + k], v) for k, v in best.base_causallm.state_dict().items())
