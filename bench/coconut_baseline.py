@@ -44,7 +44,7 @@ def baseline_loss(model: Coconut, input_ids: torch.Tensor, attention_mask: torch
                 if model.feedback_mode == "continuous":
                     cols[p] = hidden[b, p - 1 - start]
                 else:
-                    cols[p] = model.pause_embedding
+                    cols[p] = model.pause_vector()  # a separate vector, or pause_as_thought's own row
             rows.append(torch.stack(cols))
         embeds = torch.stack(rows)
         start, end = end, (input_ids.shape[1] if i + 1 >= n_passes else end + 1)

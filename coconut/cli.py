@@ -7,6 +7,10 @@
 * ``corruption CKPT``: corruption sensitivity — the validation accuracy drop when the inputs at the
   thought positions are replaced by random vectors of the same norm; saved as ``corruption.json`` next
   to the checkpoint, where ``gates`` finds it for Gate 4.
+* ``export RUN_DIR --format meta-coconut -o OUT``: the run's checkpoints as the raw state_dicts Meta's
+  run.py saves and loads (``load_model_path``).
+
+``answer`` and ``corruption`` also read Meta's own ``checkpoint_N`` files (weights only; coconut/meta.py).
 """
 
 from __future__ import annotations
@@ -183,7 +187,7 @@ def evaluate_gates(frame: Any, root: Path | None, t: dict[str, float]) -> list[d
         info=True)
     add("Gate 4: either of the two", "", "", None if gap is None and c_gap is None else passed)
 
-    for mode in ("pause_curriculum", "learned_shared", "pause_multipass"):
+    for mode in ("pause_curriculum", "pause_as_thought", "learned_shared", "pause_multipass"):
         d = _per_seed(frame, mode, _final("pause_embedding_drift")) if "pause_embedding_drift" in frame else []
         add(f"Gate 4b: {mode} embedding L2 from init (min)", "-" if not d else f"{min(d):.4f}",
             f"> {t['gate4b_drift']}", None if not d else min(d) > t["gate4b_drift"])
@@ -262,14 +266,22 @@ def _spec_gate_thresholds(source: str) -> dict[str, float]:
 
 # --- answer ------------------------------------------------------------------------------------------
 
-def _load(ckpt: str, root: str, seed: int | None, device: str) -> tuple[Any, Any, dict[str, Any], Path]:
-    from coconut.train import checkpoint_for, find_run_dir, load_weights
+def _load(ckpt: str, root: str, seed: int | None, device: str,
+          n_head: int | None = None) -> tuple[Any, Any, dict[str, Any], Path]:
+    from coconut.meta import load_any
+    from coconut.train import checkpoint_for, find_run_dir
 
     path = Path(ckpt)
     if not path.is_file():
         path = checkpoint_for(find_run_dir(ckpt, root, seed))
-    model, tok, state = load_weights(path, device)
+    model, tok, state = load_any(path, device, n_head)
     return model, tok, state, path
+
+
+def _n_head_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--n-head", type=click.IntRange(min=1), default=None,
+                        help="Attention heads of a Meta checkpoint_N whose width is not GPT-2's (768, 1024, ...): "
+                             "a raw state_dict does not record them.")(command)
 
 
 @click.command("answer")
@@ -280,15 +292,17 @@ def _load(ckpt: str, root: str, seed: int | None, device: str) -> tuple[Any, Any
 @click.option("--stage", type=int, default=None, help="Curriculum stage for the latents (default: the checkpoint's).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Also print the whole generated text.")
+@_n_head_option
 @user_errors_exit_2
 def answer_command(ckpt: str, question: str, root: str, seed: int | None, stage: int | None, max_new_tokens: int,
-                   verbose: bool) -> None:
+                   verbose: bool, n_head: int | None) -> None:
     """Answer a ProsQA-style QUESTION with the model in CKPT (a checkpoint file, a run directory, or a model
-    name such as coconut or pause-curriculum under --root)."""
+    name such as coconut or pause-curriculum under --root). Meta's checkpoint_N files load too: the stage
+    is then (N-1) // 5 (ProsQA's epochs per stage) unless --stage says."""
     from coconut.data import Tokenized, collate_prompts, extract_answer, question_example
     from coconut.train import curriculum_of
 
-    model, tok, state, _ = _load(ckpt, root, seed, "cpu")
+    model, tok, state, _ = _load(ckpt, root, seed, "cpu", n_head)
     stage = int(state["stage"]) if stage is None else stage
     cur = curriculum_of(state["config"])
     prompt = question_example(Tokenized(tok(question.strip() + "\n")["input_ids"], [], [], 0), stage, cur, model.ids)
@@ -346,15 +360,16 @@ def corruption_sensitivity(model: Any, tok: Any, state: dict[str, Any], split: s
 @click.option("--noise-seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--no-save", is_flag=True, help=f"Do not write {CORRUPTION_FILE} next to the checkpoint.")
+@_n_head_option
 @user_errors_exit_2
 def corruption_command(ckpt: str, root: str, run_seed: int | None, split: str, n: int, noise_seed: int,
-                       device: str, no_save: bool) -> None:
+                       device: str, no_save: bool, n_head: int | None) -> None:
     """Corruption sensitivity of CKPT: validation accuracy, and accuracy when every thought-position input is
     replaced by a random vector of the same norm; the drop is what Gate 4 compares."""
     from launch.device import resolve_device
 
     device = resolve_device(device)
-    model, tok, state, path = _load(ckpt, root, run_seed, device)
+    model, tok, state, path = _load(ckpt, root, run_seed, device, n_head)
     result = corruption_sensitivity(model, tok, state, split, n, noise_seed, device)
     result["checkpoint"] = path.name
     click.echo(f"{result['feedback_mode']} epoch {result['epoch']} (stage {result['stage']}), {result['n']} {split} "
@@ -362,3 +377,30 @@ def corruption_command(ckpt: str, root: str, run_seed: int | None, split: str, n
                f"{100 * result['corrupted_accuracy']:.1f}%, drop {100 * result['drop']:.1f} points")
     if not no_save:
         (path.parent / CORRUPTION_FILE).write_text(json.dumps(result, indent=2) + "\n")
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+@click.command("export")
+@click.argument("source", metavar="RUN_DIR")
+@click.option("--format", "fmt", type=click.Choice(["meta-coconut"]), required=True,
+              help="meta-coconut: the raw state_dict Meta's run.py saves as checkpoint_N and loads with "
+                   "load_model_path.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Directory for the files (must not exist, or be empty).")
+@click.option("--root", default="checkpoints", show_default=True, help="Tree root when RUN_DIR is a model name.")
+@click.option("--seed", type=int, default=None, help="Which seed when RUN_DIR is a model name (default: lowest).")
+@user_errors_exit_2
+def export_command(source: str, fmt: str, out: str, root: str, seed: int | None) -> None:
+    """Write the checkpoints of RUN_DIR (a run directory, a model name under --root, or one checkpoint file)
+    in another code's format: OUT/checkpoint_<epoch> for every epoch's checkpoint (and checkpoint_best's epoch
+    when its own file was pruned). continuous, pause_as_thought, cot, no_cot and no_thoughts have Meta
+    counterparts; the separate-vector pause modes and compact_vocab models do not (exit 2)."""
+    from coconut.meta import export_meta
+    from coconut.train import find_run_dir
+
+    path = Path(source)
+    if not path.is_file():
+        path = find_run_dir(source, root, seed)
+    for written in export_meta(path, Path(out)):
+        click.echo(written)

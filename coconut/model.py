@@ -6,16 +6,28 @@ At a latent position p the model does not read a token embedding: it reads a *th
   like ``hidden_states[-1]`` in transformers). That makes the forward pass sequential: pass 0 runs up to
   the first latent, each following pass computes one more position on top of the KV cache, and a last
   pass covers the rest. Gradients flow through every pass, the cache included.
-* ``frozen``: every thought is one fixed vector (a buffer, no gradient) initialised from ``<|latent|>``.
-* ``learned_shared``: one learnable vector (``pause_embedding``) initialised from ``<|latent|>``,
-  computed with the multi-pass loop.
-* ``pause_curriculum``: the same learnable vector, in a single causal forward pass.
-* ``pause_multipass``: exactly pause_curriculum, computed with the multi-pass loop — the compute-matched
-  control. For input-independent thoughts the loop computes the same function as one causal pass
-  (``tests/coconut/test_model.py`` checks loss and gradients agree). ``learned_shared`` and
-  ``pause_multipass`` are the same computation under two names (the issue lists both).
+* ``pause_as_thought``: Meta's "pause as thought" exactly. The thought is the ``<|latent|>`` token's own
+  row of the embedding matrix, which GPT-2 ties to the output head, in one causal pass: the same model
+  and loss as run.py's (a plain GPT-2 on the token ids), so AdamW's updates (weight decay, the row's
+  gradient from the output head as well as from the input) are the reference's too.
+* The issue-4 controls, a *separate* pause vector (``pause_embedding``, initialised from ``<|latent|>``,
+  not tied to the output head; the forward equals pause_as_thought's at init, the updates do not):
+  ``frozen``: a fixed buffer, no gradient; ``learned_shared``: learnable, computed with the multi-pass
+  loop; ``pause_curriculum``: learnable, one causal pass; ``pause_multipass``: exactly pause_curriculum,
+  computed with the multi-pass loop (the compute-matched control; for input-independent thoughts the
+  loop computes the same function as one pass, ``tests/coconut/test_model.py`` checks loss and gradients
+  agree). ``learned_shared`` and ``pause_multipass`` are the same computation under two names (the
+  issue lists both).
 * ``cot`` / ``no_cot``: the baselines; they never see a latent and, as in the reference, the three extra
   tokens are not added to their vocabulary.
+* ``no_thoughts``: Meta's "w/o thought": the curriculum removes the first ``stage`` steps like
+  continuous but puts nothing in their place (no latent, no marker; run.py sets c_thought to 0), on a
+  plain GPT-2 vocabulary like the baselines.
+
+Generation: run.py answers with the modes it runs without its Coconut wrapper (``PLAIN_LM_MODES``)
+through transformers' ``generate``, which stops at any EOS, the first token included; coconut.py's own
+loop (continuous, and here the separate-vector pause controls, whose comparison is with continuous)
+keeps its first token whatever it is.
 
 Differences from Meta's ``coconut.py`` (same function, less work): the thought is written into a (B, 1, D)
 input for the next pass instead of rebuilding the whole (B, T, D) embedding tensor per pass; logits are
@@ -39,12 +51,19 @@ import torch.nn.functional as F
 from coconut.data import IGNORE, INIT_TOKEN, CompactTokenizer, SpecialIds
 from launch.errors import UserError
 
-FEEDBACK_MODES = ("continuous", "frozen", "learned_shared", "pause_curriculum", "pause_multipass", "cot", "no_cot")
+FEEDBACK_MODES = ("continuous", "pause_as_thought", "frozen", "learned_shared", "pause_curriculum", "pause_multipass",
+                  "cot", "no_cot", "no_thoughts")
+# Modes with a separate pause vector (the ``pause_embedding`` buffer or parameter).
 PAUSE_MODES = ("frozen", "learned_shared", "pause_curriculum", "pause_multipass")
-BASELINES = ("cot", "no_cot")
+BASELINES = ("cot", "no_cot")          # trained at stage 0 throughout
+NO_LATENT_TOKENS = ("cot", "no_cot", "no_thoughts")   # no latent, no marker, GPT-2's vocabulary unextended
+# What run.py runs as a plain causal LM (no Coconut wrapper): generated with transformers' generate, saved
+# without the ``base_causallm.`` prefix.
+PLAIN_LM_MODES = ("pause_as_thought", "cot", "no_cot", "no_thoughts")
 MODEL_NAMES = {
-    "continuous": "coconut", "frozen": "pause-frozen", "learned_shared": "pause-learned",
-    "pause_curriculum": "pause-curriculum", "pause_multipass": "pause-multipass", "cot": "cot", "no_cot": "no-cot",
+    "continuous": "coconut", "pause_as_thought": "pause-as-thought", "frozen": "pause-frozen",
+    "learned_shared": "pause-learned", "pause_curriculum": "pause-curriculum", "pause_multipass": "pause-multipass",
+    "cot": "cot", "no_cot": "no-cot", "no_thoughts": "no-thoughts",
 }
 
 # A thought transform gets the (B, D) thoughts about to enter latent number ``i`` and returns new ones
@@ -102,7 +121,7 @@ def build_base_model(cfg: ModelConfig, tok: Any) -> Any:
             n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
             bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
         ))
-    if cfg.feedback_mode not in BASELINES:
+    if cfg.feedback_mode not in NO_LATENT_TOKENS:
         # New tokens start as "<<" — it stabilises training (run.py). Input and output embeddings are tied.
         model.resize_token_embeddings(len(tok), mean_resizing=False)
         emb = model.get_input_embeddings().weight
@@ -143,7 +162,11 @@ class Coconut(nn.Module):
         first = int(is_latent.int().argmax(1)[is_latent.any(1)].min())
         self._check_aligned(is_latent, first, n_latent)
 
-        if self.feedback_mode == "pause_curriculum":  # thoughts do not depend on the input: one pass
+        if self.feedback_mode == "pause_as_thought" and thought_fn is None:
+            # The latent token's own embedding row is already in place: run.py's plain GPT-2 forward.
+            return run_transformer(transformer, inputs_embeds=embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache)
+        if self.feedback_mode in ("pause_curriculum", "pause_as_thought"):  # input-independent thoughts: one pass
             cols = []
             for i in range(n_latent):
                 thought = self._pause(embeds.shape[0], thought_fn, i)
@@ -195,15 +218,15 @@ class Coconut(nn.Module):
     ) -> list[list[int]]:
         """Greedy continuation of left-padded prompts (all ending in the last column), batched with a KV
         cache. Same tokens as the reference's one-at-a-time loop: the first token is always kept, later
-        ones until EOS (excluded) or ``max_new_tokens``. The baselines stop at a first-token EOS too: run.py
-        generates them with transformers' ``generate`` (plain GPT-2, no Coconut wrapper), which ends at
-        any EOS, while coconut.py's loop keeps its first token whatever it is."""
+        ones until EOS (excluded) or ``max_new_tokens``. The plain-LM modes (``PLAIN_LM_MODES``) stop at a
+        first-token EOS too: run.py generates them with transformers' ``generate`` (no Coconut wrapper),
+        which ends at any EOS, while coconut.py's loop keeps its first token whatever it is."""
         hidden, cache = self.hidden_states(input_ids, attention_mask, position_ids, thought_fn, use_cache=True)
         lm_head = self.base_causallm.lm_head
         next_token = lm_head(hidden[:, -1]).argmax(-1)
         out = [[int(t)] for t in next_token]
         done = torch.zeros(len(out), dtype=torch.bool, device=input_ids.device)
-        if self.feedback_mode in BASELINES:
+        if self.feedback_mode in PLAIN_LM_MODES:
             done |= next_token == self.ids.eos
         position = position_ids[:, -1:]
         for _ in range(max_new_tokens - 1):
@@ -220,8 +243,19 @@ class Coconut(nn.Module):
         return out
 
     # -- helpers --------------------------------------------------------------------------------------
+    def pause_vector(self) -> torch.Tensor | None:
+        """The (D,) vector every latent position reads in an input-independent mode, None otherwise:
+        the separate ``pause_embedding``, or for pause_as_thought the latent token's embedding row."""
+        if self.feedback_mode in PAUSE_MODES:
+            return self.pause_embedding
+        if self.feedback_mode == "pause_as_thought":
+            return self.base_causallm.get_input_embeddings().weight[self.ids.latent]
+        return None
+
     def _pause(self, batch: int, thought_fn: ThoughtFn | None, i: int) -> torch.Tensor:
-        thought = self.pause_embedding.expand(batch, -1)
+        vector = self.pause_vector()
+        assert vector is not None, self.feedback_mode
+        thought = vector.expand(batch, -1)
         return thought_fn(thought, i) if thought_fn is not None else thought
 
     @staticmethod

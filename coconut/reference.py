@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coconut.model import BASELINES, Coconut, ThoughtFn
+from coconut.model import PLAIN_LM_MODES, Coconut, ThoughtFn
 
 
 def filled_embeddings(model: Coconut, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -32,8 +32,8 @@ def filled_embeddings(model: Coconut, input_ids: torch.Tensor, attention_mask: t
                 h = transformer(inputs_embeds=embeds[b:b + 1, :p], attention_mask=attention_mask[b:b + 1, :p],
                                 position_ids=position_ids[b:b + 1, :p]).last_hidden_state
                 thought = h[0, -1]
-            else:
-                thought = model.pause_embedding
+            else:  # a separate pause vector, or pause_as_thought's own embedding row (the same values)
+                thought = model.pause_vector()
             if thought_fn is not None:
                 thought = thought_fn(thought[None], i)[0]
             new_rows.append(torch.cat([embeds[b, :p], thought[None], embeds[b, p + 1:]]))
@@ -55,7 +55,7 @@ def reference_loss(model: Coconut, input_ids: torch.Tensor, attention_mask: torc
 def reference_generate(model: Coconut, prompt: list[int], max_new_tokens: int = 128,
                        thought_fn: ThoughtFn | None = None) -> list[int]:
     """Greedy generation for one prompt, no cache (coconut.py ``generate``): the first token is always
-    kept, then tokens until EOS (not kept) or ``max_new_tokens`` in all. The baselines (transformers'
+    kept, then tokens until EOS (not kept) or ``max_new_tokens`` in all. The plain-LM modes (transformers'
     ``generate`` in run.py) end at a first-token EOS as well."""
     wte, base = model.base_causallm.transformer.wte, model.base_causallm
     device = wte.weight.device
@@ -63,7 +63,7 @@ def reference_generate(model: Coconut, prompt: list[int], max_new_tokens: int = 
     ones = torch.ones_like(ids)
     embeds = filled_embeddings(model, ids, ones, torch.arange(len(prompt), device=device)[None], thought_fn)
     tokens = [int(base(inputs_embeds=embeds).logits[0, -1].argmax())]
-    if model.feedback_mode in BASELINES and tokens[0] == model.ids.eos:
+    if model.feedback_mode in PLAIN_LM_MODES and tokens[0] == model.ids.eos:
         return tokens
     embeds = torch.cat([embeds, wte(torch.tensor([[tokens[-1]]], device=device))], 1)
     for _ in range(max_new_tokens - 1):

@@ -3,8 +3,10 @@
 Per epoch: stage = epoch // epochs_per_stage (0 forever for the baselines); a fresh AdamW (the reference
 re-creates the optimizer every epoch: no LR schedule, no clipping); shuffled training batches with
 gradient accumulation; then the validation loss at the same stage, and the validation answer accuracy
-(greedy generation after question + latents). After each epoch: ``checkpoint_<epoch>`` (weights),
-``checkpoint_best`` when validation accuracy improved, and a resume state. Epochs count from 1 in file
+(greedy generation after question + latents; for the CoT baseline also run.py's CoT exact match,
+``cot_em``). After each epoch: ``checkpoint_<epoch>`` (weights), ``checkpoint_best`` when validation
+accuracy beat every earlier epoch's and 0 (run.py's ``best_acc`` starts at 0: a run that never answers
+right has no best checkpoint), and a resume state. Epochs count from 1 in file
 names and metric steps (``checkpoint_1`` / step 1 = after the first epoch, as in run.py).
 
 Randomness is keyed so that a resumed run is bit-identical to an uninterrupted one: the data order and
@@ -44,7 +46,7 @@ from coconut.data import (
     well_formed,
 )
 from coconut.generate import GraphSize, generate_dataset
-from coconut.model import BASELINES, PAUSE_MODES, Coconut, ModelConfig, ThoughtFn, build_model
+from coconut.model import BASELINES, NO_LATENT_TOKENS, Coconut, ModelConfig, ThoughtFn, build_model
 from launch.checkpoint import (
     load_checkpoint,
     load_latest_resume_state,
@@ -64,12 +66,13 @@ BEST = "checkpoint_best"
 # --- config pieces -----------------------------------------------------------------------------------
 
 def curriculum_of(config: dict[str, Any]) -> Curriculum:
-    baseline = config["feedback_mode"] in BASELINES
+    mode = config["feedback_mode"]
     return Curriculum(
-        c_thought=config["c_thought"], max_latent_stage=config["max_latent_stage"],
+        # no_thoughts: the stages drop steps as usual but put no latent in their place (run.py: c_thought = 0)
+        c_thought=0 if mode == "no_thoughts" else config["c_thought"], max_latent_stage=config["max_latent_stage"],
         pad_latent_to_max=config["pad_latent_to_max"],
-        uniform_prob=0.0 if baseline else config["uniform_prob"],
-        markers=not baseline, no_cot=config["feedback_mode"] == "no_cot",
+        uniform_prob=0.0 if mode in BASELINES else config["uniform_prob"],
+        markers=mode not in NO_LATENT_TOKENS, no_cot=mode == "no_cot",
     )
 
 
@@ -186,12 +189,12 @@ def validation_loss(model: Coconut, batches: list[dict[str, torch.Tensor]], devi
 
 
 @torch.no_grad()
-def answer_questions(model: Coconut, tok: Any, examples: list[Tokenized], stage: int, cur: Curriculum,
-                     device: str, batch_size: int = 64, max_new_tokens: int = 128,
-                     thought_fn: ThoughtFn | None = None) -> list[str]:
-    """The extracted answer for each example: greedy generation after question + latents, decoded with
-    the prompt (special tokens skipped), text after the last '#' (run.py). Batched with a KV cache;
-    prompts are grouped by latent count and sorted by length to keep the padding small."""
+def generated_texts(model: Coconut, tok: Any, examples: list[Tokenized], stage: int, cur: Curriculum,
+                    device: str, batch_size: int = 64, max_new_tokens: int = 128,
+                    thought_fn: ThoughtFn | None = None) -> list[str]:
+    """For each example, greedy generation after question + latents, decoded with the prompt (special
+    tokens skipped), as run.py decodes it. Batched with a KV cache; prompts are grouped by latent count and
+    sorted by length to keep the padding small."""
     model.eval()
     ids = model.ids
     prompts = [question_example(ex, stage, cur, ids) for ex in examples]
@@ -204,28 +207,49 @@ def answer_questions(model: Coconut, tok: Any, examples: list[Tokenized], stage:
         batch = _to(collate_prompts([prompts[j] for j in chunk], ids.eos), device)
         outputs = model.generate(**batch, max_new_tokens=max_new_tokens, thought_fn=thought_fn)
         for j, out in zip(chunk, outputs, strict=True):
-            answers[j] = extract_answer(tok.decode(prompts[j] + out, skip_special_tokens=True))
+            answers[j] = tok.decode(prompts[j] + out, skip_special_tokens=True)
         i += len(chunk)
     return answers
+
+
+def answer_questions(model: Coconut, tok: Any, examples: list[Tokenized], stage: int, cur: Curriculum,
+                     device: str, batch_size: int = 64, max_new_tokens: int = 128,
+                     thought_fn: ThoughtFn | None = None) -> list[str]:
+    """The extracted answer for each example: the text after the last '#' (run.py) of generated_texts."""
+    return [extract_answer(t) for t in generated_texts(model, tok, examples, stage, cur, device, batch_size,
+                                                       max_new_tokens, thought_fn)]
+
+
+def cot_exact_match(text: str, example: dict[str, Any]) -> bool:
+    """run.py's CoT match: the decoded text (question included) after its first line, up to the first '#',
+    stripped, equals the reference steps joined by newlines."""
+    return "\n".join(text.split("\n")[1:]).split("#")[0].strip() == "\n".join(example["steps"])
 
 
 def accuracy(answers: list[str], gold: list[dict]) -> float:
     return sum(a == ex["answer"].replace(",", "").strip() for a, ex in zip(answers, gold, strict=True)) / len(gold)
 
 
+def scores(texts: list[str], gold: list[dict]) -> dict[str, float]:
+    """Counts over generated texts: correct answers, well-formed answers, CoT exact matches."""
+    answers = [extract_answer(t) for t in texts]
+    return {"accuracy": sum(a == g["answer"].replace(",", "").strip() for a, g in zip(answers, gold, strict=True)),
+            "well_formed": sum(map(well_formed, answers, gold)),
+            "cot_em": sum(map(cot_exact_match, texts, gold))}
+
+
 def sharded_scores(model: Coconut, tok: Any, examples: list[Tokenized], gold: list[dict], stage: int,
-                   cur: Curriculum, device: str, config: dict[str, Any], rank: int, world: int) -> tuple[float, float]:
-    """(accuracy, well-formed fraction) on validation, each rank answering every world-th question;
-    counts summed over ranks."""
+                   cur: Curriculum, device: str, config: dict[str, Any], rank: int, world: int) -> dict[str, float]:
+    """Accuracy, well-formed fraction and CoT exact match on validation, each rank answering every
+    world-th question; counts summed over ranks."""
     mine = list(range(rank, len(examples), world))
-    answers = answer_questions(model, tok, [examples[i] for i in mine], stage, cur, device,
-                               config["eval_batch_size"], config["max_new_tokens"])
-    n_correct = sum(a == gold[i]["answer"].replace(",", "").strip() for a, i in zip(answers, mine, strict=True))
-    n_formed = sum(well_formed(a, gold[i]) for a, i in zip(answers, mine, strict=True))
-    counts = torch.tensor([float(n_correct), float(n_formed)], dtype=torch.float64, device=device)
+    texts = generated_texts(model, tok, [examples[i] for i in mine], stage, cur, device,
+                            config["eval_batch_size"], config["max_new_tokens"])
+    counts = scores(texts, [gold[i] for i in mine])
+    summed = torch.tensor(list(counts.values()), dtype=torch.float64, device=device)
     if world > 1:
-        dist.all_reduce(counts)
-    return float(counts[0]) / len(examples), float(counts[1]) / len(examples)
+        dist.all_reduce(summed)
+    return {k: float(v) / len(examples) for k, v in zip(counts, summed.tolist(), strict=True)}
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
@@ -251,7 +275,15 @@ def _plain_json(d: dict[str, Any]) -> dict[str, Any]:
 def load_weights(path: str | Path, device: str = "cpu") -> tuple[Coconut, Any, dict[str, Any]]:
     """A model saved by training (``checkpoint_<n>`` / ``checkpoint_best``), without any hub access:
     the GPT-2 architecture comes from the checkpoint itself."""
-    state = load_checkpoint(path, require=("model", "config", "gpt2_config"))  # verified before the slow import
+    state = load_checkpoint(path, require=WEIGHTS_KEYS)  # verified before the slow import
+    return model_from_state(path, state, device)
+
+
+WEIGHTS_KEYS = ("model", "config", "gpt2_config")
+
+
+def model_from_state(path: str | Path, state: dict[str, Any], device: str = "cpu") -> tuple[Coconut, Any, dict[str, Any]]:
+    """load_weights for a checkpoint already read (``path`` names it in errors)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = tokenizer_for(state["config"], state.get("compact_vocab_ids"))
@@ -324,8 +356,10 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
 
     torch.manual_seed(config["seed"])
     model = build_model(model_config_of(config), tok).to(device)
-    pause_init = model.pause_embedding.detach().clone() if config["feedback_mode"] in PAUSE_MODES else None
-    start_epoch, best = 0, {"accuracy": -1.0, "epoch": 0}
+    pause = model.pause_vector()
+    pause_init = None if pause is None else pause.detach().clone()
+    # run.py's best_acc starts at 0: an epoch must answer something right to be the best
+    start_epoch, best = 0, {"accuracy": 0.0, "epoch": 0}
 
     found = load_latest_resume_state(run_dir, require=("model", "epoch", "rng", "config"))
     if found is not None:
@@ -337,6 +371,7 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
             raise CheckpointError(f"{path} was saved with a different config ({', '.join(diff)})")
         model.load_state_dict(state["model"])
         start_epoch, best = int(state["epoch"]), dict(state["best"])
+        best["accuracy"] = max(float(best["accuracy"]), 0.0)  # states saved when the search started at -1
         if state.get("pause_embedding_init") is not None:
             pause_init = state["pause_embedding_init"].to(device)
         set_rng_state(state["rng"])
@@ -372,19 +407,23 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
         val_batches = epoch_batches(valid, stage, cur, ids, config["batch_size"], val_rng, rank, world)
         val_loss = torch.tensor(validation_loss(model, val_batches, device), device=device)
         _all_reduce_mean([val_loss], world)
-        val_acc, val_formed = sharded_scores(model, tok, valid, valid_raw, stage, cur, device, config, rank, world)
+        val_scores = sharded_scores(model, tok, valid, valid_raw, stage, cur, device, config, rank, world)
+        val_acc = val_scores["accuracy"]
 
         done = epoch + 1
-        val_metrics = {"loss": float(val_loss), "accuracy": val_acc, "well_formed": val_formed, "stage": stage}
+        val_metrics = {"loss": float(val_loss), "accuracy": val_acc, "well_formed": val_scores["well_formed"],
+                       "stage": stage}
+        if config["feedback_mode"] == "cot":  # run.py logs it for every mode; only CoT writes the steps out
+            val_metrics["cot_em"] = val_scores["cot_em"]
         if pause_init is not None:
-            val_metrics["pause_embedding_drift"] = float((model.pause_embedding.detach() - pause_init).norm())
+            val_metrics["pause_embedding_drift"] = float((model.pause_vector().detach() - pause_init).norm())
         if lead:
             ctx.log(done, {"loss": float(train_loss), "stage": stage, "epoch_time_s": time.time() - t0}, "train")
             ctx.log(done, val_metrics, "val")
             weights = _weights(model, tok, config, done, stage, val_metrics, pause_init)
             meta = {"config": _plain_json(config), "epoch": done, "stage": stage, "metrics": val_metrics}
             save_checkpoint(weights, run_dir / f"checkpoint_{done}", sidecar=meta)
-            if val_acc > best["accuracy"]:  # strictly better, like run.py's best_acc
+            if val_acc > best["accuracy"]:  # strictly better than every earlier epoch and than 0 (run.py)
                 best = {"accuracy": val_acc, "epoch": done}
                 save_checkpoint(weights, run_dir / BEST, sidecar=meta)
             _prune_epoch_checkpoints(run_dir, config["keep_checkpoints"], config["epochs_per_stage"], done)
@@ -433,13 +472,19 @@ def _prune_epoch_checkpoints(run_dir: Path, keep: int, epochs_per_stage: int, do
 
 def final_test(config: dict[str, Any], ctx: RunContext, device: str) -> None:
     """Accuracy of checkpoint_best on the test split (the real 500, or the generated 500 with
-    ``eval_data: generated``), logged as split "test" at the final step."""
-    model, tok, state = load_weights(ctx.run_dir / BEST, device)
+    ``eval_data: generated``), logged as split "test" at the final step. A run with no checkpoint_best (no
+    epoch answered anything right) is tested with its final epoch's weights and logs best_epoch 0."""
+    best = ctx.run_dir / BEST
+    model, tok, state = load_weights(best if best.is_file() else ctx.run_dir / f"checkpoint_{config['num_epochs']}",
+                                     device)
     test_raw = eval_split(config, "test")
     test = tokenize(test_raw, tok)
     stage = int(state["stage"])
-    answers = answer_questions(model, tok, test, stage, curriculum_of(config), device, config["eval_batch_size"],
-                               config["max_new_tokens"])
-    ctx.log(config["num_epochs"], {"accuracy": accuracy(answers, test_raw),
-                                   "well_formed": sum(map(well_formed, answers, test_raw)) / len(test_raw),
-                                   "best_epoch": int(state["epoch"]), "stage": stage}, "test")
+    texts = generated_texts(model, tok, test, stage, curriculum_of(config), device, config["eval_batch_size"],
+                            config["max_new_tokens"])
+    counts = scores(texts, test_raw)
+    metrics = {"accuracy": counts["accuracy"] / len(test_raw), "well_formed": counts["well_formed"] / len(test_raw),
+               "best_epoch": int(state["epoch"]) if best.is_file() else 0, "stage": stage}
+    if config["feedback_mode"] == "cot":
+        metrics["cot_em"] = counts["cot_em"] / len(test_raw)
+    ctx.log(config["num_epochs"], metrics, "test")

@@ -61,11 +61,13 @@ def test_new_tokens_start_as_double_less_than(tok):
     assert emb.shape[0] == 50260
     for t in range(50257, 50260):
         assert torch.equal(emb[t], emb[tok.convert_tokens_to_ids("<<")])
-    assert make(tok, "cot").base_causallm.get_input_embeddings().weight.shape[0] == 50257
+    for mode in ("cot", "no_cot", "no_thoughts"):   # run.py extends the vocabulary for none of these
+        assert make(tok, mode).base_causallm.get_input_embeddings().weight.shape[0] == 50257
+    assert make(tok, "pause_as_thought").base_causallm.get_input_embeddings().weight.shape[0] == 50260
 
 
 def test_state_dict_keys(tok):
-    for mode in ("continuous", "cot", "no_cot"):
+    for mode in ("continuous", "cot", "no_cot", "no_thoughts", "pause_as_thought"):
         assert all(k.startswith("base_causallm.") for k in make(tok, mode).state_dict())
     for mode in ("frozen", "learned_shared", "pause_curriculum", "pause_multipass"):
         keys = set(make(tok, mode).state_dict())
@@ -93,7 +95,7 @@ def test_pause_multipass_equals_pause_curriculum(tok, examples):
         torch.testing.assert_close(gm[name], gs[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("mode", ["continuous", "frozen", "pause_curriculum", "cot"])
+@pytest.mark.parametrize("mode", ["continuous", "frozen", "pause_curriculum", "pause_as_thought", "cot"])
 def test_fast_forward_matches_reference(tok, examples, mode):
     """Loss and gradients of the KV-cached multi-pass forward equal the from-scratch reference."""
     b = batch(tok, examples, stage=0 if mode == "cot" else 2, uniform_prob=0.0 if mode == "cot" else 0.5,
@@ -127,7 +129,7 @@ def test_continuous_gradients_flow_through_passes(tok, examples):
         assert abs(float(model(**b)) - float(model(**b, thought_fn=lambda h, i: torch.zeros_like(h)))) > 1e-6
 
 
-@pytest.mark.parametrize("mode", ["continuous", "pause_curriculum", "no_cot"])
+@pytest.mark.parametrize("mode", ["continuous", "pause_curriculum", "pause_as_thought", "no_cot"])
 def test_batched_generation_equals_one_at_a_time(tok, examples, mode):
     ids = SpecialIds.of(tok)
     cur = Curriculum(max_latent_stage=2, markers=mode != "no_cot", no_cot=mode == "no_cot")
@@ -143,18 +145,24 @@ def test_batched_generation_equals_one_at_a_time(tok, examples, mode):
     assert len({tuple(s) for s in single}) > 1
 
 
-@pytest.mark.parametrize("mode", ["cot", "no_cot"])
-def test_baseline_generation_equals_transformers_generate(tok, examples, mode):
-    """run.py answers with the baselines through transformers' greedy ``generate`` (which stops at any EOS,
-    the first token included): same decoded text, so the same extracted answer."""
+@pytest.mark.parametrize("mode", ["cot", "no_cot", "no_thoughts", "pause_as_thought"])
+def test_plain_lm_generation_equals_transformers_generate(tok, examples, mode):
+    """run.py answers with the modes it runs as a plain GPT-2 (the baselines, w/o thought, pause as thought)
+    through transformers' greedy ``generate``, which stops at any EOS, the first token included: same
+    decoded text, so the same extracted answer. pause_as_thought's prompts hold latent tokens, read as
+    their own embedding rows, as transformers reads them."""
     ids = SpecialIds.of(tok)
-    cur = Curriculum(markers=False, no_cot=mode == "no_cot")
+    cur = {"cot": Curriculum(markers=False), "no_cot": Curriculum(markers=False, no_cot=True),
+           "no_thoughts": Curriculum(c_thought=0, markers=False), "pause_as_thought": Curriculum(max_latent_stage=2)}[mode]
     model = make(tok, mode, seed=4)
     with torch.no_grad():  # larger weights, and EOS likely enough that some prompt starts with it
         for p in model.base_causallm.parameters():
             p.mul_(4.0)
-        model.base_causallm.lm_head.weight[ids.eos] *= 3.0
-    prompts = [question_example(t, 0, cur, ids) for t in examples]
+        # (after the end-of-latent marker EOS needs a larger push to come first)
+        model.base_causallm.lm_head.weight[ids.eos] *= 5.0 if mode == "pause_as_thought" else 3.0
+    stage = 0 if mode == "cot" else 2  # the baselines train and answer at stage 0; the others drop 2 steps
+    prompts = [question_example(t, stage, cur, ids) for t in examples]
+    assert all((ids.latent in p) == (mode == "pause_as_thought") for p in prompts)
     ours = model.generate(**collate_prompts(prompts, ids.eos), max_new_tokens=12)
     assert any(o[0] == ids.eos for o in ours)  # the case where coconut.py's own loop would go on
     for p, o in zip(prompts, ours, strict=True):
@@ -195,3 +203,53 @@ def test_compact_vocabulary_model_and_pretrained_refusal(tok, tmp_path):
     assert cot.base_causallm.get_input_embeddings().weight.shape[0] == compact.vocab_size
     with pytest.raises(UserError, match="compact_vocab: not for a pretrained base_model"):
         build_model(ModelConfig(feedback_mode="cot", base_model=str(tmp_path / "gpt2")), compact)
+
+
+def test_pause_as_thought_trains_as_runpy_plain_gpt2(tok, examples):
+    """Meta's pause as thought is run.py on a plain GPT-2: the latent token reads its own (tied) embedding row,
+    the loss is transformers' own. Same loss, and the same weights after AdamW steps with weight decay
+    (every parameter, as run.py passes them all). The separate-vector control (pause_curriculum) has the same
+    loss at init but different updates: its pause vector gets no output-head gradient and the latent row no
+    input gradient."""
+    import copy
+
+    b = batch(tok, examples, stage=2, uniform_prob=0.5)
+    assert (b["input_ids"] == SpecialIds.of(tok).latent).any()
+    ours = make(tok, "pause_as_thought")
+    control = make(tok, "pause_curriculum")
+    reference = copy.deepcopy(ours.base_causallm)   # what run.py trains for this mode
+
+    def ref_loss():
+        return reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                         position_ids=b["position_ids"], labels=b["labels"]).loss
+
+    torch.testing.assert_close(ours(**b), ref_loss(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(control(**b), ref_loss(), rtol=1e-6, atol=1e-6)
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.01) for m in (ours, control, reference)]
+    for _ in range(3):
+        for opt, loss in zip(opts, (lambda: ours(**b), lambda: control(**b), ref_loss), strict=True):
+            opt.zero_grad()
+            loss().backward()
+            opt.step()
+    latent = SpecialIds.of(tok).latent
+    ref_params = dict(reference.named_parameters())
+    for name, p in ours.base_causallm.named_parameters():
+        mine, theirs = p, ref_params[name]
+        if name.endswith("attn.c_attn.bias"):
+            # Skip the key bias: it shifts every score of a query alike, so its exact gradient is 0 and Adam
+            # turns the float noise in it into lr-sized steps of random sign (in run.py from run to run too).
+            mine, theirs = mine.view(3, -1)[[0, 2]], theirs.view(3, -1)[[0, 2]]
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=name)
+    row = reference.get_input_embeddings().weight[latent]
+    torch.testing.assert_close(ours.pause_vector(), row, rtol=0, atol=1e-6)
+    assert float((control.pause_vector() - row).abs().max()) > 1e-3
+
+
+def test_pause_as_thought_thought_transform(tok, examples):
+    """The corruption test's hook reaches pause_as_thought's latents: the identity keeps the loss, zeros change it."""
+    b = batch(tok, examples, stage=2)
+    model = make(tok, "pause_as_thought")
+    with torch.no_grad():
+        plain = model(**b)
+        torch.testing.assert_close(model(**b, thought_fn=lambda h, i: h), plain, rtol=1e-6, atol=1e-7)
+        assert abs(float(model(**b, thought_fn=lambda h, i: torch.zeros_like(h))) - float(plain)) > 1e-6
