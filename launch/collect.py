@@ -93,6 +93,12 @@ def _record_problem(rec: Any) -> str | None:
     step = rec.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         return f"step must be an integer, got {step!r}"
+    # A metric is a number (or null): text or a list would become NaN in the float column, and a mean
+    # over a run's lengths would then quietly be a mean over fewer of them.
+    bad = next(((k, v) for k, v in rec["metrics"].items()
+                if v is not None and not isinstance(v, (int, float))), None)
+    if bad:
+        return f"metric {bad[0]!r} must be a number, got {bad[1]!r}"
     return None
 
 
@@ -196,8 +202,12 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
         df[c] = pd.to_datetime(df[c], unit="s", utc=True)
     for c in ("task", "seed", "step", "length"):
         df[c] = df[c].astype("Int64")
-    for c in metric_cols.values():
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for name, c in metric_cols.items():
+        # Never coerce: a value that is not a number must not become a NaN nobody sees.
+        bad = next((v for v in df[c] if v is not None and not pd.api.types.is_number(v)), None)
+        if bad is not None:
+            raise ValueError(f"metric {name!r} holds {bad!r}, not a number")
+        df[c] = df[c].astype("float64")
     for c in cfg_col.values():
         # A column whose values are of one type plus None (a parameter of one experiment in a table of
         # two) keeps that type, with nulls: storing it as text made False the string "False", which is
