@@ -152,7 +152,7 @@ def sortgpt_figures(rows: pd.DataFrame, step: int | None) -> tuple[list[Rendered
         rows = rows[rows["budget"] == main].drop(columns="budget")
     scores, more = sortgpt_run_scores(rows, step)
     notes += more
-    gen, _ = at_step(rows, ("test", "gen"), step)
+    gen, _ = at_step(rows, ("test", "gen"), step, metric_column(rows, "exact_match_acc"))
     gen = gen[gen["split"] == "gen"]
     train_ks = sorted(int(k) for k in rows["train_k"].unique())
     figures.extend(ood_vs_k_figures(gen, rows, train_ks, step))

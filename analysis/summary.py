@@ -43,9 +43,10 @@ def cell_columns(rows: pd.DataFrame) -> list[str]:
 def sortgpt_evals(rows: pd.DataFrame, step: int | None = None, at: str = "final") -> tuple[pd.DataFrame, list[str]]:
     """The test/gen records of each run at the chosen step: its last (final checkpoint), the
     given ``step``, or with ``at="last-eval"`` the reference's last evaluation step."""
+    exact = metric_column(rows, "exact_match_acc")
     if at == "last-eval":
-        return at_last_eval(rows, ("test", "gen"))
-    return at_step(rows, ("test", "gen"), step)
+        return at_last_eval(rows, ("test", "gen"), exact)
+    return at_step(rows, ("test", "gen"), step, exact)
 
 
 def sortgpt_run_scores(rows: pd.DataFrame, step: int | None = None, at: str = "final"
