@@ -265,6 +265,12 @@ def apply_only(rows: pd.DataFrame, expr: str, known: set[str] | None = None) -> 
         if name not in rows.columns:
             return rows.iloc[0:0]
         column = rows[name]
+        # --only picks runs. A column that varies within a run (step, split, length, a metric) would
+        # pick some of a run's records instead: "final" would become the last step kept, and a mean
+        # over the test lengths a mean over those left, under the same labels.
+        if "run_key" in rows.columns and rows.groupby("run_key")[name].nunique(dropna=False).gt(1).any():
+            raise UserError(f"--only: {name} varies within a run (a record or metric column); --only selects "
+                            "runs by their configuration (--step picks the step)")
         keep &= column.isin([_typed(value, column, name) for value in values])
     return rows[keep]
 
