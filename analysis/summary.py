@@ -190,7 +190,8 @@ def _cell_text(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        # A label, not a measurement: shown exactly (1e-4 and 3e-4 are not both "0.000").
+        return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
 
 

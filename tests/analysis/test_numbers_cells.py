@@ -66,3 +66,10 @@ def test_a_train_min_k_or_learning_rate_splits_a_cell_too(tmp_path: Path) -> Non
 def test_runs_differing_in_bookkeeping_only_stay_one_cell(tmp_path: Path) -> None:
     p = sweep("summary", _table(tmp_path, {"device": "cuda", "eval_every": 2}))
     assert "| 1 | yes | yes | mix | 4 | 50.0 ± 46.2 % | 4 |" in p.stdout, p.stdout
+
+
+def test_a_float_parameter_is_labelled_exactly(tmp_path: Path) -> None:
+    """Printed with 3 decimals, max_lr 1e-3 and 3e-4 were the labels 0.001 and 0.000 (min_lr: both 0.000)."""
+    p = sweep("summary", _table(tmp_path, {"max_lr": 3e-4}))
+    assert "| 1 | yes | yes | mix | 4 | 0.0003 | 10.0 ± 0.0 % | 2 |" in p.stdout, p.stdout
+    assert "| 1 | yes | yes | mix | 4 | 0.001 | 90.0 ± 0.0 % | 2 |" in p.stdout, p.stdout
