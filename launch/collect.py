@@ -112,6 +112,20 @@ def _not_own(store: Store, r: Run, manifest: dict[str, Any]) -> str | None:
     return store.identity_problem(r, manifest, info)
 
 
+def _extensions(d: Path, r: Run) -> list[str]:
+    """Say which runs continue ``r`` (``sweep resume`` writes them beside it as ``<dir>_resume<N>``):
+    they are not runs of the spec, so their numbers are not in the table, and nobody should think so."""
+    out = []
+    for child in sorted(d.parent.glob(f"{d.name}_resume*")):
+        info = read_json(child / st.RUN_FILE)
+        parent = info.get("parent") if isinstance(info, dict) else None
+        if isinstance(parent, dict) and parent.get("run_key") == r.run_key:
+            state = (read_state(child / st.STATE_FILE) or {}).get("state") or "not started"
+            out.append(f"{r.rel_dir}: extended by sweep resume as {child.name} ({state}): not a run of the spec, "
+                       "so not in the table")
+    return out
+
+
 def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool = False) -> CollectReport:
     report = CollectReport()
     jobs: dict[str, str] = {}
@@ -160,6 +174,7 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
                 "wall_s": state.get("wall_s"), "state": state.get("state")}
         records.append((prov, r.config, recs))
         report.runs += 1
+        report.warnings += _extensions(d, r)
 
     report.rows = write_table(records, config_cols, Path(out))
     return report

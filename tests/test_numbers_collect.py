@@ -60,3 +60,20 @@ def test_numbers_and_nulls_of_a_metric_are_kept_as_logged(tmp_path: Path) -> Non
     assert df["accuracy"].dtype == "float64"
     assert df["accuracy"].tolist()[:1] == [1.0] and pd.isna(df["accuracy"].tolist()[1])
     assert df["accuracy"].tolist()[2:] == [0.25, 1.0]
+
+
+def test_a_run_extended_by_sweep_resume_is_named_not_silently_absent(tmp_path: Path) -> None:
+    """The child `sweep resume` writes beside a run (<dir>_resume<N>, run.json naming its parent's run key)
+    is not a run of the spec: collect leaves it out of the table, but says so."""
+    spec, root, dirs = _tree(tmp_path, [[_val(1, 0.5)], [_val(1, 0.5)]])
+    parent_info = json.loads((root / dirs[0] / "run.json").read_text())
+    child = root / f"{dirs[0]}_resume20"
+    child.mkdir()
+    (child / "run.json").write_text(json.dumps(parent_info | {"run_key": "c" * 12, "parent": {
+        "run_dir": dirs[0], "run_key": parent_info["run_key"], "step": 1}}))
+    (child / "state.json").write_text(json.dumps({"state": "completed"}))
+    (root / f"{dirs[1]}_resume5").mkdir()  # not a child of dirs[1]: no run.json naming it
+    p = sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet")
+    assert p.stderr.strip() == (f"warning: {dirs[0]}: extended by sweep resume as {child.name} (completed): not a "
+                                "run of the spec, so not in the table"), p.stderr
+    assert set(pd.read_parquet(tmp_path / "r.parquet")["run_dir"]) == set(dirs)
