@@ -11,7 +11,9 @@ merged. A run whose files cannot be read (corrupt state.json, a metrics line
 that is not a ctx.log record) is skipped with the line at fault; a torn last
 line of metrics.jsonl (a kill mid-write) costs that line only, with a warning.
 ``sweep collect`` exits 1 after writing the rest when any run was not merged
-for either reason.
+for either reason. A metric value that is not a number (or null) makes its line
+corrupt: it is never coerced to NaN. A run extended by ``sweep resume`` (a
+``<dir>_resume<N>`` child) is not a run of the spec: it is named in a warning.
 
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
