@@ -67,6 +67,7 @@ def main() -> None:
             raise UserError("usage: python -m analysis.coconut_table RESULTS.parquet")
         frame = read_results(sys.argv[1])  # merges a rerun's records logged twice
         _, notes = coconut_runs(frame)
+        notes = list(frame.attrs.get("notes", [])) + notes
         table = coconut_table(frame)
         if table.empty:
             raise UserError(f"{sys.argv[1]}: no completed coconut run with validation and test accuracy")

@@ -51,7 +51,31 @@ def read_results(path: str | Path) -> pd.DataFrame:
     require_columns(frame, COMMON_COLUMNS, path)
     if frame.empty:
         raise UserError(f"{path}: holds no records")
-    return drop_rerun_duplicates(frame)
+    frame, notes = one_directory_per_run(frame)
+    frame = drop_rerun_duplicates(frame)
+    frame.attrs["notes"] = notes  # for the caller to print (note: ...)
+    return frame
+
+
+def one_directory_per_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one directory per run key. The run key is a hash of the configuration (seed included),
+    so two specs that launch an equal configuration write two directories with one key. Merged by
+    record key, their records became one run mixing both (the later record of each step winning)
+    with one of them silently uncounted; counted twice, one configuration would weigh double. The
+    directory that got furthest (then the first by name) is kept, and the others are named."""
+    dirs = frame.groupby("run_key")["run_dir"].nunique()
+    if not (dirs > 1).any():
+        return frame, []
+    notes, drop = [], []
+    for run_key in dirs[dirs > 1].index:
+        mine = frame[frame["run_key"] == run_key]
+        last = mine.groupby("run_dir")["step"].max()
+        kept = sorted(last.index, key=lambda d: (-last[d], d))[0]
+        others = sorted(set(last.index) - {kept})
+        drop += others
+        notes.append(f"{', '.join(others)}: same configuration and seed as {kept} (run key {run_key}): "
+                     f"counted once, as {kept}")
+    return frame[~frame["run_dir"].isin(drop)].reset_index(drop=True), notes
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, family: str = "") -> None:

@@ -530,7 +530,7 @@ def plot_results(results: str | Path, out_dir: str | Path, step: int | None = No
     if not families:
         found = ", ".join(sorted(frame["experiment"].astype(str).unique()))
         raise UserError(f"{results}: no sortgpt or coconut records (experiments: {found})")
-    notes: list[str] = []
+    notes: list[str] = list(frame.attrs.get("notes", []))
     rendered: list[Rendered] = []
     family_rows = {family: family_frame(frame, family, results) for family in families}
     if only:
