@@ -40,8 +40,11 @@ def budget_columns(rows: pd.DataFrame) -> list[str]:
     base = arch_columns(rows) + ["length_config", "train_k"] + budget
     if not set(base) <= set(rows.columns):
         return budget
-    return budget + [c for c in config_columns(rows) if c not in base
-                     and (rows.groupby(base, dropna=False)[c].nunique(dropna=False) > 1).any()]
+    names = [c for c in config_columns(rows) if c not in base]
+    # One row per run is enough once the columns are known to be constant within runs.
+    runs = rows.drop_duplicates("run_key") if "run_key" in rows.columns else rows
+    varies = runs.groupby(base, dropna=False)[names].nunique(dropna=False).gt(1).any() if names else {}
+    return budget + [c for c in names if varies[c]]
 
 
 # Not configuration: who/where/when a run was, its records, and what analysis derives or computes.
@@ -62,8 +65,11 @@ def config_columns(rows: pd.DataFrame) -> list[str]:
              and not c.startswith("metric_")]
     if "split" not in rows.columns or "run_key" not in rows.columns:
         return names
-    per_run = rows.groupby("run_key")
-    return [c for c in names if rows[c].notna().all() and (per_run[c].nunique() <= 1).all()]
+    names = [c for c in names if rows[c].notna().all()]
+    if not names:
+        return []
+    constant = rows.groupby("run_key")[names].nunique().le(1).all()
+    return [c for c in names if constant[c]]
 
 
 def cell_columns(rows: pd.DataFrame) -> list[str]:
