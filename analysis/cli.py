@@ -95,7 +95,7 @@ def summary_command(results: Path, fmt: str, step: int | None, at: str, experime
         raise UserError(f"{results}: no sortgpt or coconut records")
     if fmt == "csv" and len(families) > 1:
         raise UserError(f"{results}: holds {' and '.join(families)} results; choose one with --experiment for csv")
-    notes: list[str] = []
+    notes: list[str] = list(frame.attrs.get("notes", []))
     texts = []
     for family in families:
         rows = family_frame(frame, family, results)

@@ -4,6 +4,8 @@
 
 Per feedback mode: runs (n), best validation accuracy, test accuracy of checkpoint_best (mean ± sample std
 over seeds, in %), and the share of well-formed answers on test ("<root> is a <one of the options>.").
+Every number of a row is over the same n runs: a run that did not complete, or lacks its validation or
+test accuracy, is left out of all of them and named on stderr (``note: ...``).
 """
 
 from __future__ import annotations
@@ -12,35 +14,69 @@ import sys
 
 import pandas as pd
 
-from analysis.load import metric_column
+from analysis.load import metric_column, read_results
 from analysis.summary import mean_std, mode_rank
+from launch.errors import UserError
+
+COLUMNS = ["feedback_mode", "n", "best_val_mean", "best_val_std", "test_mean", "test_std", "formed_mean"]
+
+
+def coconut_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per whole run (best val, test accuracy and well-formed share), and notes on the others."""
+    acc, formed = metric_column(frame, "accuracy"), metric_column(frame, "well_formed")
+    order = [c for c in ("step", "time") if c in frame.columns]
+    rows, notes = [], []
+    for (mode, key), run in frame[frame["experiment"] == "coconut"].groupby(["feedback_mode", "run_key"]):
+        run = run.sort_values(order, kind="stable")
+        name = run["run_dir"].iloc[0] if "run_dir" in run else key
+        state = run["state"].iloc[-1] if "state" in run else "completed"
+        val = run[(run["split"] == "val") & run[acc].notna()]
+        test = run[(run["split"] == "test") & run[acc].notna()]
+        problems = [f"state {state}"] if state != "completed" else []
+        problems += ["no validation accuracy"] if val.empty else []
+        problems += ["no test accuracy"] if test.empty else []
+        if problems:
+            # Its NaN would drop out of one mean but not out of n: n would not be what the means are over.
+            notes.append(f"coconut run {name}: {', '.join(problems)}; left out")
+            continue
+        rows.append({"feedback_mode": mode, "best_val": val[acc].max(), "test": test[acc].iloc[-1],
+                     "test_formed": test[formed].iloc[-1] if formed in test else float("nan")})
+    return pd.DataFrame(rows, columns=["feedback_mode", "best_val", "test", "test_formed"]), notes
 
 
 def coconut_table(frame: pd.DataFrame) -> pd.DataFrame:
-    acc, formed = metric_column(frame, "accuracy"), metric_column(frame, "well_formed")
-    rows = []
-    for (mode, _key), run in frame[frame["experiment"] == "coconut"].groupby(["feedback_mode", "run_key"]):
-        val, test = run[run["split"] == "val"], run[run["split"] == "test"]
-        rows.append({"feedback_mode": mode, "best_val": val[acc].max(),
-                     "test": test[acc].iloc[-1] if len(test) else float("nan"),
-                     "test_formed": test[formed].iloc[-1] if len(test) and formed in test else float("nan")})
-    runs = pd.DataFrame(rows)
+    runs, _ = coconut_runs(frame)
     out = runs.groupby("feedback_mode").agg(n=("best_val", "size"), best_val_mean=("best_val", "mean"),
                                             best_val_std=("best_val", "std"), test_mean=("test", "mean"),
                                             test_std=("test", "std"), formed_mean=("test_formed", "mean"))
-    return out.reset_index().sort_values("feedback_mode", key=lambda s: s.map(mode_rank))
+    return out.reset_index().reindex(columns=COLUMNS).sort_values("feedback_mode", key=lambda s: s.map(mode_rank))
 
 
 def markdown(table: pd.DataFrame) -> str:
     lines = ["| mode | n | best val accuracy | test accuracy | well-formed test answers |", "|---|---|---|---|---|"]
     for r in table.itertuples():
+        formed = "n/a" if pd.isna(r.formed_mean) else f"{100 * r.formed_mean:.1f} %"
         lines.append(f"| {r.feedback_mode} | {r.n} | {mean_std(r.best_val_mean, r.best_val_std)} | "
-                     f"{mean_std(r.test_mean, r.test_std)} | {100 * r.formed_mean:.1f} % |")
+                     f"{mean_std(r.test_mean, r.test_std)} | {formed} |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    print(markdown(coconut_table(pd.read_parquet(sys.argv[1]))))
+    try:
+        if len(sys.argv) != 2:
+            raise UserError("usage: python -m analysis.coconut_table RESULTS.parquet")
+        frame = read_results(sys.argv[1])  # merges a rerun's records logged twice
+        _, notes = coconut_runs(frame)
+        notes = list(frame.attrs.get("notes", [])) + notes
+        table = coconut_table(frame)
+        if table.empty:
+            raise UserError(f"{sys.argv[1]}: no completed coconut run with validation and test accuracy")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(markdown(table))
 
 
 if __name__ == "__main__":

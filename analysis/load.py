@@ -51,7 +51,31 @@ def read_results(path: str | Path) -> pd.DataFrame:
     require_columns(frame, COMMON_COLUMNS, path)
     if frame.empty:
         raise UserError(f"{path}: holds no records")
-    return drop_rerun_duplicates(frame)
+    frame, notes = one_directory_per_run(frame)
+    frame = drop_rerun_duplicates(frame)
+    frame.attrs["notes"] = notes  # for the caller to print (note: ...)
+    return frame
+
+
+def one_directory_per_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep one directory per run key. The run key is a hash of the configuration (seed included),
+    so two specs that launch an equal configuration write two directories with one key. Merged by
+    record key, their records became one run mixing both (the later record of each step winning)
+    with one of them silently uncounted; counted twice, one configuration would weigh double. The
+    directory that got furthest (then the first by name) is kept, and the others are named."""
+    dirs = frame.groupby("run_key")["run_dir"].nunique()
+    if not (dirs > 1).any():
+        return frame, []
+    notes, drop = [], []
+    for run_key in dirs[dirs > 1].index:
+        mine = frame[frame["run_key"] == run_key]
+        last = mine.groupby("run_dir")["step"].max()
+        kept = sorted(last.index, key=lambda d: (-last[d], d))[0]
+        others = sorted(set(last.index) - {kept})
+        drop += others
+        notes.append(f"{', '.join(others)}: same configuration and seed as {kept} (run key {run_key}): "
+                     f"counted once, as {kept}")
+    return frame[~frame["run_dir"].isin(drop)].reset_index(drop=True), notes
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, family: str = "") -> None:
@@ -143,14 +167,16 @@ def run_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 # -- choosing the step ----------------------------------------------------------------
 
-def at_step(rows: pd.DataFrame, splits: tuple[str, ...], step: int | None) -> tuple[pd.DataFrame, list[str]]:
+def at_step(rows: pd.DataFrame, splits: tuple[str, ...], step: int | None,
+            value: str | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The records of ``splits`` at one step per run: each run's last step holding such a
     record (its final checkpoint), or ``step`` when given. Returns them and notes about the
-    runs that have no record at ``step``."""
+    runs that have no record at ``step``, and about the runs whose records there are not
+    whole (see :func:`whole_at_step`; ``value`` is the metric the caller averages)."""
     evals = rows[rows["split"].isin(splits)]
     if step is None:
         last = evals.groupby("run_key")["step"].transform("max")
-        return evals[evals["step"] == last], []
+        return whole_at_step(evals, evals[evals["step"] == last], value)
     chosen = evals[evals["step"] == step]
     if chosen.empty:
         available = sorted(evals["step"].unique())
@@ -160,7 +186,48 @@ def at_step(rows: pd.DataFrame, splits: tuple[str, ...], step: int | None) -> tu
     for run_key in sorted(set(evals["run_key"]) - set(chosen["run_key"])):
         run_dir = evals.loc[evals["run_key"] == run_key, "run_dir"].iloc[0]
         notes.append(f"{run_dir}: no {'/'.join(splits)} record at step {step}; left out")
-    return chosen, notes
+    chosen, more = whole_at_step(evals, chosen, value)
+    return chosen, notes + more
+
+
+# Runs that differ only in their seed: one task of one group of one spec.
+SIBLING_KEY = ["spec", "group", "task"]
+
+
+def whole_at_step(evals: pd.DataFrame, chosen: pd.DataFrame, value: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """``chosen`` (one step per run) without the (run, split) records that are not whole, and a
+    note for each. A run's score on a split is a mean over its lengths, so it is comparable only
+    over the same lengths: those the run logged on that split at any step, and those its sibling
+    seeds logged at the chosen step. A length missing there, or whose ``value`` is NaN, would
+    make the mean one over fewer (other) lengths; that split of that run is left out instead."""
+    if chosen.empty:
+        return chosen, []
+    own = evals.dropna(subset=["length"]).groupby(["run_key", "split"])["length"].agg(set)
+    siblings: dict[tuple, set] = {}
+    if all(c in chosen.columns for c in SIBLING_KEY):
+        known = chosen.dropna(subset=[*SIBLING_KEY, "length"])
+        siblings = known.groupby([*SIBLING_KEY, "split"])["length"].agg(set).to_dict()
+    valid = chosen if value is None else chosen[chosen[value].notna()]
+    have = valid.dropna(subset=["length"]).groupby(["run_key", "split"])["length"].agg(set).to_dict()
+    drop, notes = set(), []
+    for (run_key, split), run in chosen.groupby(["run_key", "split"], sort=True):
+        first = run.iloc[0]
+        expected = set(own.get((run_key, split), set()))
+        if all(c in run.columns and pd.notna(first[c]) for c in SIBLING_KEY):
+            expected |= siblings.get((*(first[c] for c in SIBLING_KEY), split), set())
+        got = have.get((run_key, split), set())
+        unmeasured = value is not None and run[value].isna().all()
+        missing = sorted(int(k) for k in expected - got)
+        if missing or unmeasured:
+            drop.add((run_key, split))
+            what = (f"{value or 'records'} missing or NaN at length {', '.join(map(str, missing))}" if missing
+                    else f"{value} is NaN")
+            notes.append(f"{first['run_dir']}: {split} at step {int(first['step'])}: {what}; its {split} score is "
+                         "left out (a mean over fewer lengths is not comparable)")
+    if not drop:
+        return chosen, []
+    keep = [(k, s) not in drop for k, s in zip(chosen["run_key"], chosen["split"], strict=True)]
+    return chosen[keep], notes
 
 
 # -- what a partial sweep is missing ---------------------------------------------------
@@ -222,6 +289,12 @@ def apply_only(rows: pd.DataFrame, expr: str, known: set[str] | None = None) -> 
         if name not in rows.columns:
             return rows.iloc[0:0]
         column = rows[name]
+        # --only picks runs. A column that varies within a run (step, split, length, a metric) would
+        # pick some of a run's records instead: "final" would become the last step kept, and a mean
+        # over the test lengths a mean over those left, under the same labels.
+        if "run_key" in rows.columns and rows.groupby("run_key")[name].nunique(dropna=False).gt(1).any():
+            raise UserError(f"--only: {name} varies within a run (a record or metric column); --only selects "
+                            "runs by their configuration (--step picks the step)")
         keep &= column.isin([_typed(value, column, name) for value in values])
     return rows[keep]
 
@@ -250,7 +323,8 @@ def last_eval_step(max_iters: int, eval_every: int) -> int:
     return (int(max_iters) - 1) // int(eval_every) * int(eval_every) + 1
 
 
-def at_last_eval(rows: pd.DataFrame, splits: tuple[str, ...]) -> tuple[pd.DataFrame, list[str]]:
+def at_last_eval(rows: pd.DataFrame, splits: tuple[str, ...], value: str | None = None
+                 ) -> tuple[pd.DataFrame, list[str]]:
     """The records of ``splits`` at each run's :func:`last_eval_step` (from its config's
     max_iters and eval_every), and notes about runs that have none there."""
     for name in ("max_iters", "eval_every"):
@@ -272,4 +346,5 @@ def at_last_eval(rows: pd.DataFrame, splits: tuple[str, ...]) -> tuple[pd.DataFr
         notes.append(f"{run['run_dir']}: no {'/'.join(splits)} record at the reference's last evaluation step "
                      f"{last_eval_step(run['max_iters'], run['eval_every'])} (it has steps "
                      f"{', '.join(map(str, steps[-5:]))}); left out")
-    return chosen, notes
+    chosen, more = whole_at_step(evals, chosen, value)
+    return chosen, notes + more

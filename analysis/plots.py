@@ -139,7 +139,20 @@ def mean_std_over_runs(table: pd.DataFrame, keys: list[str], value: str) -> pd.D
 def sortgpt_figures(rows: pd.DataFrame, step: int | None) -> tuple[list[Rendered], list[str]]:
     figures: list[Rendered] = []
     notes: list[str] = []
-    if budget_columns(rows):
+    splitting = [c for c in budget_columns(rows) if c != "budget"]  # a width, a learning rate, ...
+    if splitting:
+        # The figures' cells are architecture x configuration x train K: show the runs of the most common
+        # combination of the others, never an average over them (the summary splits its cells by them).
+        runs = rows.drop_duplicates("run_key")
+        counts = runs.groupby(splitting, dropna=False).size()
+        main_values = max(counts.index, key=lambda v: (counts[v], str(v)))
+        main_values = main_values if isinstance(main_values, tuple) else (main_values,)
+        keep = np.logical_and.reduce([rows[c] == v for c, v in zip(splitting, main_values, strict=True)])
+        shown = ", ".join(f"{c}={v}" for c, v in zip(splitting, main_values, strict=True))
+        notes.append(f"sortgpt: runs differ in {', '.join(splitting)}; the figures show the {int(counts.max())} runs "
+                     f"with {shown}, {len(runs) - int(counts.max())} others are left out (see sweep summary)")
+        rows = rows[keep]
+    if "budget" in budget_columns(rows):
         # A budget curve beside a grid: the curve gets its own figure; the grid's figures
         # show the budget most runs have (a cell never mixes budgets), and say so.
         figures.append(budget_figure(rows, step))
@@ -152,7 +165,7 @@ def sortgpt_figures(rows: pd.DataFrame, step: int | None) -> tuple[list[Rendered
         rows = rows[rows["budget"] == main].drop(columns="budget")
     scores, more = sortgpt_run_scores(rows, step)
     notes += more
-    gen, _ = at_step(rows, ("test", "gen"), step)
+    gen, _ = at_step(rows, ("test", "gen"), step, metric_column(rows, "exact_match_acc"))
     gen = gen[gen["split"] == "gen"]
     train_ks = sorted(int(k) for k in rows["train_k"].unique())
     figures.extend(ood_vs_k_figures(gen, rows, train_ks, step))
@@ -517,7 +530,7 @@ def plot_results(results: str | Path, out_dir: str | Path, step: int | None = No
     if not families:
         found = ", ".join(sorted(frame["experiment"].astype(str).unique()))
         raise UserError(f"{results}: no sortgpt or coconut records (experiments: {found})")
-    notes: list[str] = []
+    notes: list[str] = list(frame.attrs.get("notes", []))
     rendered: list[Rendered] = []
     family_rows = {family: family_frame(frame, family, results) for family in families}
     if only:

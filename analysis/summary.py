@@ -15,7 +15,8 @@ import math
 
 import pandas as pd
 
-from analysis.load import at_last_eval, at_step, metric_column, run_table
+from analysis.load import COMMON_COLUMNS, at_last_eval, at_step, metric_column, run_table
+from launch.errors import UserError
 
 ARCH_COLUMNS = ["n_layers", "use_mlp", "use_layernorm"]
 CONFIG_ORDER = ["fixed", "mix", "curriculum"]
@@ -29,9 +30,46 @@ def arch_columns(rows: pd.DataFrame) -> list[str]:
 
 
 def budget_columns(rows: pd.DataFrame) -> list[str]:
-    """["budget"] when the table holds runs of more than one training budget (a budget
-    curve beside a grid): runs of different budgets are then never one cell."""
-    return ["budget"] if "budget" in rows.columns and rows["budget"].nunique() > 1 else []
+    """The columns besides architecture, length configuration and train K that tell cells
+    apart: ``budget`` (max_iters x batch_size) when the table holds runs of several budgets
+    (a budget curve beside a grid), and every other configuration parameter whose value
+    differs between runs that would otherwise share a cell (two specs of different width,
+    learning rate or train_min_k in one table). Runs that differ in what they learn are
+    never averaged into one number."""
+    budget = ["budget"] if "budget" in rows.columns and rows["budget"].nunique() > 1 else []
+    base = arch_columns(rows) + ["length_config", "train_k"] + budget
+    if not set(base) <= set(rows.columns):
+        return budget
+    names = [c for c in config_columns(rows) if c not in base]
+    # One row per run is enough once the columns are known to be constant within runs.
+    runs = rows.drop_duplicates("run_key") if "run_key" in rows.columns else rows
+    varies = runs.groupby(base, dropna=False)[names].nunique(dropna=False).gt(1).any() if names else {}
+    return budget + [c for c in names if varies[c]]
+
+
+# Not configuration: who/where/when a run was, its records, and what analysis derives or computes.
+NOT_CONFIG = {*COMMON_COLUMNS, "job_id", "git_commit", "host", "started_at", "ended_at", "wall_s", "seed",
+              "train_k", "length_config", "budget", "last_step", "id_exact_match", "ood_exact_match",
+              "ood_exact_match_mean", "ood_exact_match_std", "id_exact_match_mean", "n_runs", "min_train_k_95"}
+# Parameters that change neither what a run learns nor what its score estimates: runs differing
+# only in them are one configuration (device and bookkeeping; eval_samples only the precision).
+BOOKKEEPING = {"device", "save_every", "keep_resume", "checkpoint_iter", "eval_every", "eval_samples",
+               "keep_checkpoints", "eval_batch_size"}
+
+
+def config_columns(rows: pd.DataFrame) -> list[str]:
+    """The configuration columns of ``rows``: in a table of records, those set on every record
+    and constant within each run (metrics vary within a run, or are missing on some splits);
+    in a table of runs or cells, every column that is not known to be something else."""
+    names = [c for c in rows.columns if c not in NOT_CONFIG and c not in BOOKKEEPING
+             and not c.startswith("metric_")]
+    if "split" not in rows.columns or "run_key" not in rows.columns:
+        return names
+    names = [c for c in names if rows[c].notna().all()]
+    if not names:
+        return []
+    constant = rows.groupby("run_key")[names].nunique().le(1).all()
+    return [c for c in names if constant[c]]
 
 
 def cell_columns(rows: pd.DataFrame) -> list[str]:
@@ -43,9 +81,10 @@ def cell_columns(rows: pd.DataFrame) -> list[str]:
 def sortgpt_evals(rows: pd.DataFrame, step: int | None = None, at: str = "final") -> tuple[pd.DataFrame, list[str]]:
     """The test/gen records of each run at the chosen step: its last (final checkpoint), the
     given ``step``, or with ``at="last-eval"`` the reference's last evaluation step."""
+    exact = metric_column(rows, "exact_match_acc")
     if at == "last-eval":
-        return at_last_eval(rows, ("test", "gen"))
-    return at_step(rows, ("test", "gen"), step)
+        return at_last_eval(rows, ("test", "gen"), exact)
+    return at_step(rows, ("test", "gen"), step, exact)
 
 
 def sortgpt_run_scores(rows: pd.DataFrame, step: int | None = None, at: str = "final"
@@ -157,7 +196,8 @@ def _cell_text(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        # A label, not a measurement: shown exactly (1e-4 and 3e-4 are not both "0.000").
+        return str(int(value)) if value.is_integer() else repr(value)
     return str(value)
 
 
@@ -225,7 +265,25 @@ def reference_run_scores(rows: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFram
         "length_mode": runs["length_mode"].astype(str).where(~fixed, "fixed"),
         "training": pd.Series("dynamic", index=runs.index).where(~fixed, "fixed"),
         "train_max_k": runs["train_max_k"].astype(int)})
-    return table.join(scores, how="inner").dropna(subset=["gen_em"])
+    table = table.join(scores, how="inner").dropna(subset=["gen_em"])
+    # The reference's summary.csv has no column for anything else: runs of one of its cells that
+    # differ in another parameter (two widths, two budgets) would be averaged into one number.
+    rows = rows.assign(training=rows["length_config"].where(rows["length_config"] == "fixed", "dynamic"))
+    mixed = [c for c in (["budget"] if "budget" in rows.columns else []) + config_columns(rows)
+             if c not in REFERENCE_KEYS and rows[rows["run_key"].isin(table.index)]
+             .groupby(REFERENCE_KEYS, dropna=False)[c].nunique(dropna=False).gt(1).any()]
+    if mixed:
+        values = ", ".join(f"{c} ({', '.join(map(str, _sorted(rows[c].unique())))})" for c in mixed)
+        raise UserError(f"--format sort-llm: runs of one cell differ in {values}, which the reference's summary.csv "
+                        "has no column for; summarise one configuration at a time (or use --format md|csv)")
+    return table
+
+
+def _sorted(values: object) -> list:
+    try:
+        return sorted(values)
+    except TypeError:  # values of several types
+        return sorted(values, key=str)
 
 
 def reference_cells(scores: pd.DataFrame) -> list[tuple[tuple, float, float, int]]:

@@ -11,7 +11,9 @@ merged. A run whose files cannot be read (corrupt state.json, a metrics line
 that is not a ctx.log record) is skipped with the line at fault; a torn last
 line of metrics.jsonl (a kill mid-write) costs that line only, with a warning.
 ``sweep collect`` exits 1 after writing the rest when any run was not merged
-for either reason.
+for either reason. A metric value that is not a number (or null) makes its line
+corrupt: it is never coerced to NaN. A run extended by ``sweep resume`` (a
+``<dir>_resume<N>`` child) is not a run of the spec: it is named in a warning.
 
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
@@ -93,6 +95,12 @@ def _record_problem(rec: Any) -> str | None:
     step = rec.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         return f"step must be an integer, got {step!r}"
+    # A metric is a number (or null): text or a list would become NaN in the float column, and a mean
+    # over a run's lengths would then quietly be a mean over fewer of them.
+    bad = next(((k, v) for k, v in rec["metrics"].items()
+                if v is not None and not isinstance(v, (int, float))), None)
+    if bad:
+        return f"metric {bad[0]!r} must be a number, got {bad[1]!r}"
     return None
 
 
@@ -104,6 +112,20 @@ def _not_own(store: Store, r: Run, manifest: dict[str, Any]) -> str | None:
     if info is None and (d / METRICS_FILE).exists():
         return f"no {st.RUN_FILE}: cannot tell which run wrote {METRICS_FILE}"
     return store.identity_problem(r, manifest, info)
+
+
+def _extensions(d: Path, r: Run) -> list[str]:
+    """Say which runs continue ``r`` (``sweep resume`` writes them beside it as ``<dir>_resume<N>``):
+    they are not runs of the spec, so their numbers are not in the table, and nobody should think so."""
+    out = []
+    for child in sorted(d.parent.glob(f"{d.name}_resume*")):
+        info = read_json(child / st.RUN_FILE)
+        parent = info.get("parent") if isinstance(info, dict) else None
+        if isinstance(parent, dict) and parent.get("run_key") == r.run_key:
+            state = (read_state(child / st.STATE_FILE) or {}).get("state") or "not started"
+            out.append(f"{r.rel_dir}: extended by sweep resume as {child.name} ({state}): not a run of the spec, "
+                       "so not in the table")
+    return out
 
 
 def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool = False) -> CollectReport:
@@ -154,6 +176,7 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
                 "wall_s": state.get("wall_s"), "state": state.get("state")}
         records.append((prov, r.config, recs))
         report.runs += 1
+        report.warnings += _extensions(d, r)
 
     report.rows = write_table(records, config_cols, Path(out))
     return report
@@ -196,8 +219,12 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
         df[c] = pd.to_datetime(df[c], unit="s", utc=True)
     for c in ("task", "seed", "step", "length"):
         df[c] = df[c].astype("Int64")
-    for c in metric_cols.values():
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for name, c in metric_cols.items():
+        # Never coerce: a value that is not a number must not become a NaN nobody sees.
+        bad = next((v for v in df[c] if v is not None and not pd.api.types.is_number(v)), None)
+        if bad is not None:
+            raise ValueError(f"metric {name!r} holds {bad!r}, not a number")
+        df[c] = df[c].astype("float64")
     for c in cfg_col.values():
         # A column whose values are of one type plus None (a parameter of one experiment in a table of
         # two) keeps that type, with nulls: storing it as text made False the string "False", which is
