@@ -56,7 +56,7 @@ CONFIG_COLORMAPS = {"fixed": "Blues", "mix": "Oranges", "curriculum": "Greens"}
 CONFIG_LINESTYLES = {"fixed": "-", "mix": "--", "curriculum": "-."}
 MODE_COLORS = {"continuous": "#1f77b4", "frozen": "#ff7f0e", "learned_shared": "#2ca02c",
                "pause_curriculum": "#d62728", "pause_multipass": "#9467bd", "cot": "#8c564b",
-               "no_cot": "#7f7f7f"}
+               "no_cot": "#7f7f7f", "pause_as_thought": "#e377c2", "no_thoughts": "#bcbd22"}
 ARCH_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 HEATMAP_CMAP = "viridis"
 DPI = 110

@@ -167,7 +167,8 @@ def coconut_best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("feedback_mode", key=lambda col: col.map(mode_rank), kind="stable").reset_index(drop=True)
 
 
-FEEDBACK_MODES = ["continuous", "frozen", "learned_shared", "pause_curriculum", "pause_multipass", "cot", "no_cot"]
+FEEDBACK_MODES = ["continuous", "frozen", "learned_shared", "pause_as_thought", "pause_curriculum", "pause_multipass",
+                  "no_thoughts", "cot", "no_cot"]
 
 
 def mode_rank(mode: str) -> int:
