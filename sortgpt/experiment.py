@@ -8,10 +8,15 @@ from launch.experiment import RunContext
 
 LENGTH_MODES = ("mix", "curriculum")
 DEVICES = ("auto", "cpu", "cuda")
+ADAMW_IMPLS = ("fused", "fused_on_gpu")  # sortgpt/train.py make_optimizer
+DATA_STREAMS = ("separate", "reference")  # sortgpt/train.py init_run
 
 
 class SortGPTExperiment:
     name = "sortgpt"
+    # Knobs added after trees were written, with the value that gives the old behaviour
+    # (launch/experiment.py later_params): such runs keep their run keys.
+    later_params = {"adamw_impl": "fused_on_gpu", "data_stream": "separate"}
 
     def defaults(self) -> dict[str, Any]:
         # The reference protocol (issue 3); "fixed" K is mix with train_min_k == train_max_k.
@@ -25,6 +30,10 @@ class SortGPTExperiment:
             "eval_every": 250, "eval_samples": 100, "checkpoint_iter": 20001,
             "save_every": 1000, "keep_resume": 2, "save_best": False,
             "seed": 1337, "device": "auto",
+            # the reference's fused AdamW on every device; "fused_on_gpu": torch's loop on CPU (older trees)
+            "adamw_impl": "fused",
+            # "reference": the reference's one RNG stream for init, K, data and evaluation (sortgpt/train.py)
+            "data_stream": "separate",
         }
 
     def check(self, config: dict[str, Any]) -> list[str]:
@@ -55,6 +64,12 @@ class SortGPTExperiment:
             which = "train_max_k" if c["train_max_k"] >= c["test_max_k"] else "test_max_k"
             problems.append(f"{which}: {c[which]} distinct numbers cannot be drawn from vocab_n={c['vocab_n']} "
                             "(no_dup is on)")
+        for name, allowed in (("adamw_impl", ADAMW_IMPLS), ("data_stream", DATA_STREAMS)):
+            if c[name] not in allowed:
+                problems.append(f"{name}: must be one of {', '.join(allowed)}, got {c[name]!r}")
+        if c["data_stream"] == "reference" and c["train_max_k"] > c["test_max_k"]:
+            problems.append(f"data_stream: 'reference' needs train_max_k <= test_max_k (the reference's model "
+                            f"has positions up to test_max_k={c['test_max_k']} only)")
         if not c["max_lr"] > 0:
             problems.append(f"max_lr: must be > 0, got {c['max_lr']}")
         if not 0 <= c["min_lr"] <= c["max_lr"]:

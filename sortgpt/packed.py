@@ -28,9 +28,9 @@ least estimated cost — exact-K buckets when launches are cheap, one padded
 bucket when they dominate (tiny models, GPUs).
 
 Equivalence on CPU (tests/sortgpt/test_packed.py): losses match single runs
-step by step within ~1e-6 and AdamW is bit-identical per element; on GPU the
-single run uses fused AdamW and bf16 kernels of other shapes, so agreement is up
-to bf16 rounding.
+step by step within ~1e-6 and AdamW is bit-identical per element (fused, as the
+reference, or torch's per-parameter loop: whichever the single run uses); on GPU
+bf16 kernels of other shapes make agreement hold up to bf16 rounding.
 """
 
 from __future__ import annotations
@@ -46,15 +46,16 @@ import torch.nn.functional as F
 
 from launch.checkpoint import rng_state, save_checkpoint, set_rng_state
 from launch.errors import UserError
-from launch.experiment import NonFiniteLoss, RunContext
+from launch.experiment import NonFiniteLoss, RunContext, with_later_params
 from sortgpt import train as single  # the single-run loop: its schedules, seeds and formats are the contract
 from sortgpt.data import pick_train_k, sample_batch
+from sortgpt.experiment import EXPERIMENT
 from sortgpt.model import GPT, GPTConfig
 from sortgpt.naming import checkpoint_name
 
 # Config fields that must be equal for runs to share one batched model.
 PACK_KEY_FIELDS = ("vocab_n", "n_embd", "n_heads", "n_layers", "use_mlp", "use_layernorm", "no_pos_emb",
-                   "batch_size", "device")
+                   "batch_size", "device", "adamw_impl")
 # `pack: auto`. At the reference config (batch 4096, K ≤ 16) one run's activations
 # are ~1 GB in bf16, so 16 runs fit an 80 GB GPU even without chunking, and a
 # pack of 16 of the 40k-iteration runs still ends well inside a 2-hour job.
@@ -73,12 +74,12 @@ MAX_CHUNK_TOKENS = {"cuda": 1 << 21, "cpu": None}
 COMPILE_MODES = {"1": "default", "default": "default", "reduce-overhead": "reduce-overhead",
                  "max-autotune": "max-autotune"}
 MAX_ATTENTION_BATCH = 32_768  # sequences per attention call (see _attention)
-EVAL_SEED_MULTIPLIER = 7_919  # sortgpt/train.py's log_evaluation: seed * 7919 + offset + step
 
 
 def pack_key(cfg: dict[str, Any]) -> Hashable:
     """Runs with equal keys can train together. A positional table's size
     depends on the longest K, so with positions it is part of the key."""
+    cfg = with_later_params(EXPERIMENT, cfg)  # a run.json written before a knob existed
     key: tuple = ("sortgpt",) + tuple((name, cfg[name]) for name in PACK_KEY_FIELDS)
     if not cfg["no_pos_emb"]:
         key += (("max_seq_len", single.model_config(cfg).max_seq_len),)
@@ -240,7 +241,8 @@ class StackedAdamW:
     run's ``optimizer.state_dict()``."""
 
     def __init__(self, weights: torch.Tensor, betas: tuple[float, float], eps: float,
-                 weight_decay: Sequence[float] = (0.0,), group_of_column: torch.Tensor | None = None):
+                 weight_decay: Sequence[float] = (0.0,), group_of_column: torch.Tensor | None = None,
+                 fused: bool = False):
         self.beta1, self.beta2 = betas
         self.eps = eps
         # Decoupled weight decay per parameter group; column c belongs to group_of_column[c].
@@ -249,11 +251,27 @@ class StackedAdamW:
         self.exp_avg = torch.zeros_like(weights)
         self.exp_avg_sq = torch.zeros_like(weights)
         self.steps = [0] * weights.shape[0]
+        # fused: torch's fused AdamW kernel (what a single run uses when its optimizer is fused),
+        # called on each row's columns, a call per weight-decay group. The kernel works element by
+        # element, so a row's columns get exactly the single run's per-parameter results.
+        self.fused = fused
+        self.segments: list[tuple[float, list[tuple[int, int]]]] = []
+        if fused:
+            cols = (torch.zeros(weights.shape[1], dtype=torch.long) if group_of_column is None
+                    else group_of_column.cpu())
+            bounds = [0] + (torch.nonzero(cols[1:] != cols[:-1]).flatten() + 1).tolist() + [len(cols)]
+            by_decay: dict[float, list[tuple[int, int]]] = {}
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                by_decay.setdefault(float(self.weight_decay[int(cols[a])]), []).append((a, b))
+            self.segments = list(by_decay.items())
 
     @torch.no_grad()
     def step(self, weights: torch.Tensor, lrs: Sequence[float]) -> None:
         grad = weights.grad
         self.steps = [s + 1 for s in self.steps]
+        if self.fused:
+            self._fused_step(weights, grad, lrs)
+            return
 
         def column(values: list[float]) -> torch.Tensor:  # one number per run, float32 like a scalar arg
             return torch.tensor(values, dtype=weights.dtype, device=weights.device).unsqueeze(1)
@@ -271,6 +289,16 @@ class StackedAdamW:
         denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         # torch: param.addcdiv_(exp_avg, denom, value=-step_size) computes p + (value·m)/d
         weights.addcdiv_(self.exp_avg * neg_step_size, denom)
+
+    def _fused_step(self, weights: torch.Tensor, grad: torch.Tensor, lrs: Sequence[float]) -> None:
+        for r, lr in enumerate(lrs):
+            step = torch.tensor(float(self.steps[r]), dtype=torch.float32, device=weights.device)
+            for decay, spans in self.segments:
+                torch._fused_adamw_([weights[r, a:b] for a, b in spans], [grad[r, a:b] for a, b in spans],
+                                    [self.exp_avg[r, a:b] for a, b in spans],
+                                    [self.exp_avg_sq[r, a:b] for a, b in spans], [], [step] * len(spans),
+                                    lr=float(lr), beta1=self.beta1, beta2=self.beta2, weight_decay=decay,
+                                    eps=self.eps, amsgrad=False, maximize=False)
 
     def keep(self, rows: list[int]) -> None:
         self.exp_avg, self.exp_avg_sq = self.exp_avg[rows], self.exp_avg_sq[rows]
@@ -299,12 +327,8 @@ class PackedRun:
 def _start_run(cfg: dict[str, Any], ctx: RunContext, device: torch.device) -> PackedRun | None:
     """What sortgpt/train.py does before its loop: init from the seed, then load the
     newest resume state (written by either path). None when the run already finished."""
-    seed = int(cfg["seed"])
-    torch.manual_seed(seed)
-    model = GPT(single.model_config(cfg)).to(device)
+    model, generators = single.init_run(cfg, device)
     optimizer = single.make_optimizer(model, cfg, device)
-    generators = {"data": single.generator_for(device, seed),
-                  "k": single.generator_for(torch.device("cpu"), seed + single.K_SEED_OFFSET)}
     run = PackedRun(cfg=cfg, ctx=ctx, model=model, optimizer=optimizer, generators=generators)
     state = single.load_resume_state(Path(ctx.run_dir), cfg)
     if state is None:
@@ -479,7 +503,7 @@ class Pack:
         group0 = first.optimizer.param_groups[0]
         self.optimizer = StackedAdamW(self.weights, group0["betas"], group0["eps"],
                                       [g["weight_decay"] for g in first.optimizer.param_groups],
-                                      self._group_of_column(first))
+                                      self._group_of_column(first), fused=bool(group0["fused"]))
         self.optimizer.exp_avg = torch.stack([m for m, _, _ in moments])
         self.optimizer.exp_avg_sq = torch.stack([v for _, v, _ in moments])
         self.optimizer.steps = [s for _, _, s in moments]
@@ -557,18 +581,15 @@ class Pack:
         """log_evaluation of sortgpt/train.py for several runs: each draws its lists
         from its own (seed, step) generator in train.py's order; runs sharing a K
         (and sample count) go through the model together; each logs in its order."""
-        offset = single.AR_SEED_OFFSET if autoregressive else single.EVAL_SEED_OFFSET
         suffix = "_ar" if autoregressive else ""
         jobs: list[tuple[PackedRun, str, int, torch.Tensor]] = []
         for run in runs:
-            generator = single.generator_for(
-                self.device, int(run.cfg["seed"]) * EVAL_SEED_MULTIPLIER + offset + run.step)
+            generator, chunk = single.evaluation_stream(run.cfg, run.step, self.device, run.generators,
+                                                        autoregressive)
             in_dist, out_of_dist = single.eval_ks(run.cfg)
             for split, ks in (("test", in_dist), ("gen", out_of_dist)):
                 for k in ks:
-                    batch = sample_batch(int(run.cfg["eval_samples"]), k, int(run.cfg["vocab_n"]),
-                                         bool(run.cfg["no_dup"]), generator)
-                    jobs.append((run, split + suffix, k, batch))
+                    jobs.append((run, split + suffix, k, single.eval_lists(run.cfg, k, generator, chunk)))
         results: dict[int, dict[str, Any]] = {}
         groups: dict[tuple[int, int], list[int]] = {}
         for j, (_, _, k, batch) in enumerate(jobs):

@@ -13,6 +13,21 @@ Like the reference, iteration ``itr`` (0-based) is logged as step ``itr + 1``
 steps 1, 251, 501, …. We add one teacher-forced evaluation of the final weights
 at step max_iters (the reference's last one is at step max_iters − eval_every + 1).
 
+Two choices of the reference's that the default keeps apart on purpose:
+
+- ``adamw_impl``: "fused" (default) is the reference's ``AdamW(..., fused=True)`` on every
+  device; "fused_on_gpu" is torch's per-parameter loop on CPU (the behaviour before the
+  knob existed: trees written then keep it, see sortgpt/experiment.py ``later_params``).
+- ``data_stream``: "separate" (default) gives data, K and evaluation their own generators,
+  so evaluating more or less often, or packing runs, never shifts the training stream.
+  "reference" replays the reference's single stream for run-for-run comparisons with
+  existing sort-llm runs: ``torch.manual_seed(seed)``, the model's init in the reference's
+  draw order (its zeroed positional table of NoPE models is drawn too), then K, every
+  batch and every scheduled evaluation (test Ks then gen Ks, lists drawn 100 at a time)
+  from the one generator that follows; on a GPU the batches come from the device's
+  generator seeded with ``seed`` and K from the CPU one, as in the reference. Our extra
+  evaluations (the final weights, the free-running one) draw from their own generators.
+
 Resume: every save_every iterations the full state (model, optimizer, step, all
 RNG states) goes to ``<run_dir>/resume_<step>.pt``; a restarted run loads the newest one
 and continues bit-identically (on CPU; on GPU up to kernel non-determinism).
@@ -44,7 +59,7 @@ from launch.checkpoint import (
     set_rng_state,
 )
 from launch.errors import CheckpointError
-from launch.experiment import RunContext
+from launch.experiment import RunContext, with_later_params
 from sortgpt.data import (
     pick_train_k,
     prediction_positions,
@@ -52,6 +67,7 @@ from sortgpt.data import (
     sorted_half_loss,
     sorted_targets,
 )
+from sortgpt.experiment import EXPERIMENT
 from sortgpt.model import GPT, GPTConfig
 from sortgpt.naming import checkpoint_name
 
@@ -63,6 +79,8 @@ CHECKPOINT_FORMAT = "sortgpt/1"
 K_SEED_OFFSET = 1_000_003
 EVAL_SEED_OFFSET = 2_000_029
 AR_SEED_OFFSET = 3_000_017
+EVAL_SEED_MULTIPLIER = 7_919
+REFERENCE_EVAL_BATCH = 100  # the reference's eval_batch_size: its evaluation lists are drawn 100 at a time
 
 
 # -- pieces the loop uses ----------------------------------------------------
@@ -92,8 +110,54 @@ def make_optimizer(model: GPT, cfg: dict[str, Any], device: torch.device) -> tor
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.0},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=float(cfg["max_lr"]), betas=(0.9, 0.95), eps=1e-8,
-                             fused=device.type == "cuda")
+    fused = cfg["adamw_impl"] == "fused" or device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=float(cfg["max_lr"]), betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+
+def init_run(cfg: dict[str, Any], device: torch.device) -> tuple[GPT, dict[str, torch.Generator]]:
+    """The run's initial weights and its training generators ("data", "k"), from its seed.
+    With data_stream "separate" the init draws from torch's global RNG and data and K
+    have generators of their own, so nothing else (evaluation, a library) can shift the
+    training stream; with "reference" they are the reference's one stream (module docstring)."""
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    model = GPT(model_config(cfg))
+    if cfg["data_stream"] != "reference":
+        generators = {"data": generator_for(device, seed),
+                      "k": generator_for(torch.device("cpu"), seed + K_SEED_OFFSET)}
+        return model.to(device), generators
+    # The reference builds (then apply()-initialises) a positional table even for NoPE models, which it
+    # zeroes and freezes: build the model with one, so every draw lands where the reference's does.
+    torch.manual_seed(seed)
+    drawn = GPT(model_config(cfg | {"no_pos_emb": False}))
+    stream = torch.Generator()
+    stream.set_state(torch.get_rng_state())  # what the reference's loop draws from next
+    model.load_state_dict({k: v for k, v in drawn.state_dict().items() if k in model.state_dict()})
+    if device.type == "cpu":
+        return model, {"data": stream, "k": stream}
+    return model.to(device), {"data": generator_for(device, seed), "k": stream}
+
+
+def evaluation_stream(cfg: dict[str, Any], step: int, device: torch.device,
+                      generators: dict[str, torch.Generator], autoregressive: bool = False
+                      ) -> tuple[torch.Generator, int | None]:
+    """The generator an evaluation at ``step`` draws its lists from, and the chunk they are
+    drawn in (None: all at once). Default: its own, seeded from (seed, step), so a resumed
+    run evaluates on exactly the lists the uninterrupted one did. data_stream "reference":
+    the scheduled teacher-forced evaluations draw from the training stream, 100 at a time."""
+    scheduled = (step - 1) % int(cfg["eval_every"]) == 0
+    if cfg["data_stream"] == "reference" and scheduled and not autoregressive:
+        return generators["data"], REFERENCE_EVAL_BATCH
+    offset = AR_SEED_OFFSET if autoregressive else EVAL_SEED_OFFSET
+    return generator_for(device, int(cfg["seed"]) * EVAL_SEED_MULTIPLIER + offset + step), None
+
+
+def eval_lists(cfg: dict[str, Any], k: int, generator: torch.Generator, chunk: int | None) -> torch.Tensor:
+    """eval_samples fresh lists of length k (drawn ``chunk`` at a time when given)."""
+    n, vocab_n, no_dup = int(cfg["eval_samples"]), int(cfg["vocab_n"]), bool(cfg["no_dup"])
+    if chunk is None:
+        return sample_batch(n, k, vocab_n, no_dup, generator)
+    return torch.cat([sample_batch(min(chunk, n - i), k, vocab_n, no_dup, generator) for i in range(0, n, chunk)])
 
 
 def lr_at(itr: int, cfg: dict[str, Any]) -> float:
@@ -145,9 +209,9 @@ def prediction_metrics(logits: torch.Tensor, batch: torch.Tensor, k: int) -> dic
 
 @torch.no_grad()
 def evaluate_teacher_forced(model: GPT, cfg: dict[str, Any], k: int, generator: torch.Generator,
-                            device: torch.device) -> dict[str, float]:
+                            device: torch.device, chunk: int | None = None) -> dict[str, float]:
     """Argmax at each sorted position given the true prefix, on eval_samples fresh lists."""
-    batch = sample_batch(int(cfg["eval_samples"]), k, int(cfg["vocab_n"]), bool(cfg["no_dup"]), generator)
+    batch = eval_lists(cfg, k, generator, chunk)
     with autocast_for(device):
         logits = model(batch, positions=prediction_positions(k))
     return prediction_metrics(logits.float(), batch, k)
@@ -167,20 +231,17 @@ def greedy_sort(model: GPT, prompts: torch.Tensor, k: int, device: torch.device)
 
 @torch.no_grad()
 def evaluate_autoregressive(model: GPT, cfg: dict[str, Any], k: int, generator: torch.Generator,
-                            device: torch.device) -> dict[str, float]:
-    batch = sample_batch(int(cfg["eval_samples"]), k, int(cfg["vocab_n"]), bool(cfg["no_dup"]), generator)
+                            device: torch.device, chunk: int | None = None) -> dict[str, float]:
+    batch = eval_lists(cfg, k, generator, chunk)
     right = greedy_sort(model, batch[:, :k + 1], k, device) == sorted_targets(batch, k)
     return {"exact_match_acc": right.all(dim=1).float().mean().item(),
             "token_acc": right.float().mean().item()}
 
 
 def log_evaluation(model: GPT, cfg: dict[str, Any], ctx: RunContext, step: int, device: torch.device,
-                   autoregressive: bool = False) -> float:
-    """One evaluation pass at ``step`` over all Ks. Its generator is seeded from
-    (seed, step) so it never touches the training streams and a resumed run
-    evaluates on exactly the lists the uninterrupted one did."""
-    offset = AR_SEED_OFFSET if autoregressive else EVAL_SEED_OFFSET
-    generator = generator_for(device, int(cfg["seed"]) * 7_919 + offset + step)
+                   generators: dict[str, torch.Generator], autoregressive: bool = False) -> float:
+    """One evaluation pass at ``step`` over all Ks, on lists from :func:`evaluation_stream`."""
+    generator, chunk = evaluation_stream(cfg, step, device, generators, autoregressive)
     evaluate = evaluate_autoregressive if autoregressive else evaluate_teacher_forced
     suffix = "_ar" if autoregressive else ""
     in_dist, out_of_dist = eval_ks(cfg)
@@ -188,7 +249,7 @@ def log_evaluation(model: GPT, cfg: dict[str, Any], ctx: RunContext, step: int, 
     in_dist_exact: list[float] = []
     for split, ks in (("test", in_dist), ("gen", out_of_dist)):
         for k in ks:
-            metrics = evaluate(model, cfg, k, generator, device)
+            metrics = evaluate(model, cfg, k, generator, device, chunk)
             ctx.log(step, metrics, split=split + suffix, length=k)
             if split == "test":
                 in_dist_exact.append(float(metrics["exact_match_acc"]))
@@ -281,8 +342,9 @@ def load_resume_state(run_dir: Path, cfg: dict[str, Any]) -> dict[str, Any] | No
     free = {"device"}
     if state["finished"] and int(state["step"]) < int(cfg["max_iters"]):
         free |= set(EXTENDABLE)
-    fields = sorted((set(cfg) | set(state["config"])) - free)
-    check_config_match(state["config"], cfg, fields, path=path)
+    saved = with_later_params(EXPERIMENT, state["config"])  # saved before a knob existed: its old value
+    fields = sorted((set(cfg) | set(saved)) - free)
+    check_config_match(saved, cfg, fields, path=path)
     return state
 
 
@@ -296,18 +358,13 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    seed, max_iters = int(cfg["seed"]), int(cfg["max_iters"])
+    max_iters = int(cfg["max_iters"])
     batch_size, vocab_n, no_dup = int(cfg["batch_size"]), int(cfg["vocab_n"]), bool(cfg["no_dup"])
     eval_every, save_every = int(cfg["eval_every"]), int(cfg["save_every"])
 
-    # Model init draws from the global RNG; data and K have their own generators so
-    # that nothing else (evaluation, a library) can shift the training stream.
-    torch.manual_seed(seed)
-    model = GPT(model_config(cfg)).to(device)
+    model, generators = init_run(cfg, device)
     optimizer = make_optimizer(model, cfg, device)
-    data_generator = generator_for(device, seed)
-    k_generator = generator_for(torch.device("cpu"), seed + K_SEED_OFFSET)
-    generators = {"data": data_generator, "k": k_generator}
+    data_generator, k_generator = generators["data"], generators["k"]
     step = 0  # iterations done
     best = new_best()
 
@@ -356,7 +413,8 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
             ctx.log(step, {"loss": loss.item(), "token_acc": train_metrics["token_acc"],
                            "exact_match_acc": train_metrics["exact_match_acc"],
                            "K_mean": float(k), "K_min": k, "K_max": k, "lr": lr}, split="train")
-            best = update_best(best, log_evaluation(model, cfg, ctx, step, device), step, model, cfg, run_dir)
+            best = update_best(best, log_evaluation(model, cfg, ctx, step, device, generators), step, model, cfg,
+                               run_dir)
         if step == int(cfg["checkpoint_iter"]) and step < max_iters:
             payload = checkpoint_payload(model, cfg, step) | {"optimizer": to_cpu(optimizer.state_dict())}
             save_checkpoint(payload, run_dir / checkpoint_name("Checkpoint", cfg, step),
@@ -371,9 +429,9 @@ def train(cfg: dict[str, Any], ctx: RunContext, on_step: Callable[[int], None] |
     # Final: evaluate the final weights (teacher-forced unless that just happened,
     # then free-running), write the Final_ checkpoint, and mark the run finished.
     if (max_iters - 1) % eval_every != 0:
-        best = update_best(best, log_evaluation(model, cfg, ctx, max_iters, device), max_iters, model, cfg,
-                           run_dir)
-    log_evaluation(model, cfg, ctx, max_iters, device, autoregressive=True)
+        best = update_best(best, log_evaluation(model, cfg, ctx, max_iters, device, generators), max_iters, model,
+                           cfg, run_dir)
+    log_evaluation(model, cfg, ctx, max_iters, device, generators, autoregressive=True)
     save_checkpoint(checkpoint_payload(model, cfg, max_iters), run_dir / checkpoint_name("Final", cfg, max_iters),
                     sidecar={"step": max_iters, "config": dict(cfg)})
     save_resume_state(run_dir, full_state(finished=True), int(cfg["keep_resume"]))

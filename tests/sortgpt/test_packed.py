@@ -104,7 +104,8 @@ def test_packed_forward_equals_the_model(arch: dict[str, Any]) -> None:
             torch.testing.assert_close(packed[i], model(idx[i], positions=positions), rtol=1e-5, atol=1e-6)
 
 
-def test_stacked_adamw_is_torch_adamw_per_row() -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-parameter-loop"])
+def test_stacked_adamw_is_torch_adamw_per_row(fused: bool) -> None:
     torch.manual_seed(0)
     R, P = 3, 40
     start = torch.randn(R, P)
@@ -112,12 +113,13 @@ def test_stacked_adamw_is_torch_adamw_per_row() -> None:
     for decay in ([0.0, 0.0], [0.1, 0.0]):
         group_of_column = (torch.arange(P) >= 25).long()  # two parameter groups, as make_optimizer's
         weights = start.clone().requires_grad_(True)
-        stacked = StackedAdamW(weights, (0.9, 0.95), 1e-8, decay, group_of_column)
+        stacked = StackedAdamW(weights, (0.9, 0.95), 1e-8, decay, group_of_column, fused=fused)
         singles = [start[r].clone().requires_grad_(True) for r in range(R)]
         parts = [(w[:25], w[25:]) for w in singles]  # views would not be leaves: use split leaves
         leaves = [[p.detach().clone().requires_grad_(True) for p in pair] for pair in parts]
         optims = [torch.optim.AdamW([{"params": [a], "weight_decay": decay[0]},
-                                     {"params": [b], "weight_decay": decay[1]}], lr=1.0, betas=(0.9, 0.95), eps=1e-8)
+                                     {"params": [b], "weight_decay": decay[1]}], lr=1.0, betas=(0.9, 0.95), eps=1e-8,
+                                    fused=fused)
                   for a, b in leaves]
         for lrs in lrs_per_step:
             grad = torch.randn(R, P)
@@ -131,6 +133,8 @@ def test_stacked_adamw_is_torch_adamw_per_row() -> None:
         for r, (a, b) in enumerate(leaves):
             # Same operations in the same order: bit-identical, not just close.
             assert torch.equal(weights.detach()[r], torch.cat([a.detach(), b.detach()])), (decay, r)
+            assert torch.equal(stacked.exp_avg[r], torch.cat([optims[r].state[a]["exp_avg"],
+                                                               optims[r].state[b]["exp_avg"]]))
             assert torch.equal(stacked.exp_avg_sq[r], torch.cat([optims[r].state[a]["exp_avg_sq"],
                                                                   optims[r].state[b]["exp_avg_sq"]]))
 
@@ -188,10 +192,13 @@ def test_pack_key_groups_by_architecture() -> None:
 
 # -- whole runs --------------------------------------------------------------------
 
-@pytest.mark.parametrize("overhead", [None, 0.0], ids=["padded-buckets", "one-bucket-per-K"])
-def test_pack_matches_single_runs_step_by_step(tmp_path: Path, overhead: float | None) -> None:
+@pytest.mark.parametrize("overhead, extra", [(None, {}), (0.0, {}),
+                                             (None, {"data_stream": "reference", "eval_every": 3}),
+                                             (None, {"adamw_impl": "fused_on_gpu"})],
+                         ids=["padded-buckets", "one-bucket-per-K", "reference-stream", "unfused-adamw"])
+def test_pack_matches_single_runs_step_by_step(tmp_path: Path, overhead: float | None, extra: dict) -> None:
     # eval_every 1: every step logs its training loss, so losses compare step by step.
-    cfgs = [c | {"eval_every": 1} for c in pack_configs()]
+    cfgs = [c | {"eval_every": 1} | extra for c in pack_configs()]
     single_dirs, packed_dirs = dirs(tmp_path, "single", 3), dirs(tmp_path, "packed", 3)
     for cfg, d in zip(cfgs, single_dirs):
         train(cfg, RunContext(run_dir=d))
@@ -202,7 +209,7 @@ def test_pack_matches_single_runs_step_by_step(tmp_path: Path, overhead: float |
         a, b = records(s), records(p)
         assert shape(a) == shape(b)
         train_steps = [r["step"] for r in a if r["split"] == "train"]
-        assert train_steps == list(range(1, cfg["max_iters"] + 1))
+        assert train_steps == list(range(1, cfg["max_iters"] + 1, cfg["eval_every"]))
         # Same K and learning rate every step (same streams), same loss up to float summation order.
         for x, y in zip(a, b):
             if x["split"] == "train":

@@ -158,7 +158,7 @@ def test_a_short_cpu_run_learns_to_sort(tmp_path: Path, make_config) -> None:
 
 
 def test_training_steps_are_the_protocols(tmp_path: Path, make_config) -> None:
-    """The loop against the protocol written out independently: AdamW (0.9, 0.95), eps 1e-8,
+    """The loop against the protocol written out independently: fused AdamW (0.9, 0.95), eps 1e-8,
     weight decay 0 on the 2-D group and the rest, no clipping, warm-up then cosine, the
     curriculum's K, cross-entropy of positions K … T−2 against the tokens K+1 … T−1."""
     cfg = make_config(max_iters=8, warmup_iters=3, max_lr=3e-3, min_lr=1e-4, length_mode="curriculum",
@@ -171,7 +171,7 @@ def test_training_steps_are_the_protocols(tmp_path: Path, make_config) -> None:
     params = list(model.parameters())
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() == 2], "weight_decay": 0.0},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=cfg["max_lr"], betas=(0.9, 0.95), eps=1e-8)
+                                  lr=cfg["max_lr"], betas=(0.9, 0.95), eps=1e-8, fused=True)  # as the reference
     data = torch.Generator().manual_seed(cfg["seed"])
     k_stream = torch.Generator().manual_seed(cfg["seed"] + K_SEED_OFFSET)
     lo, hi, warmup, n = cfg["train_min_k"], cfg["train_max_k"], cfg["warmup_iters"], cfg["max_iters"]
