@@ -144,9 +144,11 @@ def evaluation_stream(cfg: dict[str, Any], step: int, device: torch.device,
     """The generator an evaluation at ``step`` draws its lists from, and the chunk they are
     drawn in (None: all at once). Default: its own, seeded from (seed, step), so a resumed
     run evaluates on exactly the lists the uninterrupted one did. data_stream "reference":
-    the scheduled teacher-forced evaluations draw from the training stream, 100 at a time."""
+    the scheduled teacher-forced evaluations draw from the training stream, 100 at a time —
+    while training; a checkpoint evaluated later (``sweep evaluate``, no "data" generator
+    given) holds no stream, so it gets its own lists as any other run."""
     scheduled = (step - 1) % int(cfg["eval_every"]) == 0
-    if cfg["data_stream"] == "reference" and scheduled and not autoregressive:
+    if cfg["data_stream"] == "reference" and scheduled and not autoregressive and "data" in generators:
         return generators["data"], REFERENCE_EVAL_BATCH
     offset = AR_SEED_OFFSET if autoregressive else EVAL_SEED_OFFSET
     return generator_for(device, int(cfg["seed"]) * EVAL_SEED_MULTIPLIER + offset + step), None
@@ -317,7 +319,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GP
         model.load_state_dict(state["model"])
     except (TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a sortgpt model checkpoint ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), state["config"]
+    return model.to(device).eval(), with_later_params(EXPERIMENT, state["config"])
 
 
 # -- resume states -------------------------------------------------------------

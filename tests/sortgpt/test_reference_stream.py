@@ -190,3 +190,24 @@ def test_fused_adamw_is_the_default_and_older_runs_keep_theirs(tmp_path: Path) -
     train(filled | {"max_iters": 6}, RunContext(run_dir=tmp_path / "old"))
     resumed = load_checkpoint(tmp_path / "old" / "resume_00000006.pt")
     assert not any(g["fused"] for g in resumed["optimizer"]["param_groups"])
+
+
+def test_old_and_reference_stream_checkpoints_evaluate(tmp_path: Path) -> None:
+    """sweep evaluate of a run whose run.json predates the knobs, and of a reference-stream run whose
+    Final_ step is a scheduled evaluation (its training-time lists came from a stream no file holds)."""
+    import pandas as pd
+
+    from sortgpt.evaluate import evaluate_tree
+
+    for name, cfg in (("old", {k: v for k, v in tiny_config(max_iters=11, eval_every=5).items()
+                                if k not in EXPERIMENT.later_params}),
+                      ("ref", tiny_config(max_iters=11, eval_every=5, data_stream="reference"))):
+        run_dir = tmp_path / "tree" / name
+        run_dir.mkdir(parents=True)
+        train(EXPERIMENT.later_params | cfg, RunContext(run_dir=run_dir))
+        final = load_checkpoint(run_dir / checkpoint_name("Final", cfg, 11))
+        final["config"] = cfg  # as a run written before the knobs existed saved it (for "old")
+        save_checkpoint(final, run_dir / checkpoint_name("Final", cfg, 11), sidecar={"step": 11, "config": cfg})
+    evaluate_tree(tmp_path / "tree", tmp_path / "e.parquet")
+    rows = pd.read_parquet(tmp_path / "e.parquet")
+    assert set(rows["split"]) >= {"test", "gen", "test_ar", "gen_ar"} and rows["step"].eq(11).all()
