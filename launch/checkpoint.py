@@ -1,5 +1,9 @@
 """Checkpoints that survive: atomic saves, a metadata sidecar, safe and clear loads.
 
+One file on purpose (~600 lines): saving, the sidecar, verifying and loading share one
+format and one set of failure rules (torn writes, disk full, corrupt files, symlinks),
+and every family and command loads through it; split, the rules would drift apart.
+
 A checkpoint is a ``torch.save`` file holding *plain data only* (tensors,
 numbers, strings, lists, tuples, dicts), so ``torch.load(weights_only=True)``
 reads it without running any pickled code. Next to it, ``<path>.json`` records

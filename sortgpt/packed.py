@@ -1,5 +1,9 @@
 """Packed runs: many sortgpt runs of one architecture trained in one process (issue 7).
 
+One file on purpose (~770 lines): the batched forward, the stacked optimizer, the bucket
+planner and the loop are one contract — bit-for-bit what sortgpt/train.py does per run —
+and are read and tested together (tests/sortgpt/test_packed.py).
+
 The seed-003 grid's models have 83k–348k parameters; one of them leaves a GPU
 mostly idle, bound by kernel launches and Python. Here R runs that share an
 architecture train as one batched model: all their parameters live in one

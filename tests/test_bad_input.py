@@ -1,6 +1,9 @@
 """Bad input at the real `sweep` CLI: for each case one readable line, the right exit code,
 no traceback, and nothing created or changed on disk.
 
+One file on purpose: the cases share one harness (run the CLI, snapshot the tree before and
+after) and read as one catalogue of what a user can get wrong.
+
 Exit 2 for every bad input; exit 1 only where documented (`sweep verify` finding bad
 checkpoints, which prints its report on stdout). Spec-validation cases that
 tests/test_spec.py already covers (unknown key, empty axis, duplicate seed, ...) are
