@@ -211,3 +211,26 @@ def test_old_and_reference_stream_checkpoints_evaluate(tmp_path: Path) -> None:
     evaluate_tree(tmp_path / "tree", tmp_path / "e.parquet")
     rows = pd.read_parquet(tmp_path / "e.parquet")
     assert set(rows["split"]) >= {"test", "gen", "test_ar", "gen_ar"} and rows["step"].eq(11).all()
+
+
+def test_an_interrupted_reference_stream_run_resumes_bit_identically(tmp_path: Path) -> None:
+    """The one stream (K, batches and scheduled evaluations share it) is saved and restored whole."""
+    cfg = tiny_config(data_stream="reference", max_iters=30, save_every=10, eval_every=7, checkpoint_iter=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_25(step: int) -> None:
+        if step == 25:
+            raise Stop
+
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+    train(cfg, RunContext(run_dir=tmp_path / "straight"))
+    with pytest.raises(Stop):
+        train(cfg, RunContext(run_dir=tmp_path / "resumed"), on_step=stop_at_25)
+    train(cfg, RunContext(run_dir=tmp_path / "resumed"))  # from the state at step 20
+    a, b = (load_checkpoint(tmp_path / d / checkpoint_name("Final", cfg, 30))["model"] for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [[{k: v for k, v in r.items() if k != "time"} for r in logged(tmp_path / d)] for d in ("straight", "resumed")]
+    assert strip[0] == strip[1]
