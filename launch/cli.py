@@ -197,7 +197,12 @@ def _launched_specs(root: str | None) -> tuple[str, ...]:
 @click.option("--no-scheduler", is_flag=True, help="Do not query SLURM; disk state only.")
 def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
            as_json: bool, no_scheduler: bool) -> None:
-    """Counts of runs by state; -v for one row per run. Without SPEC: every spec launched into the tree."""
+    """Counts of runs by state; -v for one row per run. Without SPEC: every spec launched into the tree.
+
+    \b
+    Exit codes: 0 the states are the scheduler's and the runs' own;
+    3 the scheduler (sacct and squeue) did not answer: SLURM runs' states are
+    from disk alone and may be stale (a warning says so); 2 bad input."""
     from launch import status as stt
     from launch.store import Store
 
@@ -205,11 +210,13 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
     loaded = [_load(p, root, only) for p in spec_paths]
     _warn_missing_roots(loaded)
     all_rows, all_counts, all_parts = [], {}, {}
+    disk_alone = False
     for spec, runs in loaded:
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
                                              details=verbose or failed)
         if warning:
             click.echo(f"warning: {warning}", err=True)
+        disk_alone = disk_alone or isinstance(warning, stt.DiskAlone)
         c = stt.counts(statuses)
         all_counts[spec.name] = c
         shown = [s for s in statuses if not failed or s.state in stt.FAILURES]
@@ -230,6 +237,8 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
         if all_parts:  # composite specs: their counts per part
             out["parts"] = all_parts
         click.echo(json.dumps(out, indent=1, default=str))
+    if disk_alone:
+        sys.exit(3)
 
 
 def _fmt_counts(c: dict[str, int]) -> str:
@@ -264,19 +273,27 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     """Cancel the pending and running runs of SPEC (all, or those --only selects)."""
     from launch import status as stt
     from launch import store as st
-    from launch.executors import cancel_local
-    from launch.store import Store
+    from launch.errors import SchedulerUnreachable
+    from launch.executors import cancel_local, controller_problem
+    from launch.store import Store, read_jobs
 
     spec, runs = _load(spec_path, root, only)
     store = Store(spec.root)
-    statuses, warning = stt.run_statuses(store, runs)
+    jobs = {rel: job for name in {r.spec for r in runs} for rel, job in read_jobs(store, name).items()}
+    on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
+    down = controller_problem() if on_slurm else None
+    if down:  # one probe, not scancel's retries; nothing is marked cancelled
+        raise SchedulerUnreachable(f"sweep cancel: the SLURM controller does not answer ({down}); "
+                                   "nothing cancelled")
+    statuses, _ = stt.run_statuses(store, runs)
     active = [s for s in statuses if s.state in stt.ACTIVE]
     slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
     local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
     if slurm_ids:
         p = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
         if p.returncode != 0:
-            raise UserError(f"scancel failed: {p.stderr.strip()}")
+            err = p.stderr.strip().splitlines()
+            raise UserError(f"scancel failed: {err[-1] if err else f'exit {p.returncode}'}")
     if local:
         cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
     for s in active:

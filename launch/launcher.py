@@ -19,8 +19,9 @@ from typing import Any
 
 from launch import status as stt
 from launch import store as st
-from launch.errors import SpecError, UserError
+from launch.errors import SchedulerUnreachable, SpecError, UserError
 from launch.executors import (
+    DEFAULT_MAX_ARRAY_SIZE,
     DEFAULT_TIME_MIN,
     ClusterLimits,
     LocalBackend,
@@ -28,6 +29,7 @@ from launch.executors import (
     Submitted,
     chunks,
     cluster_limits,
+    controller_problem,
     max_array_size,
     render_sbatch,
     signal_lead_s,
@@ -125,12 +127,20 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
     check_signal_lead(sset, resources or {})
 
-    limits = cluster_limits(res.get("qos")) if cluster == "slurm" else None
+    down = controller_problem() if cluster == "slurm" else None
+    if down and not dry_run:  # one probe, not sbatch's and submitit's retries (18 s and more)
+        raise SchedulerUnreachable(f"sweep launch: the SLURM controller does not answer ({down}); "
+                                   "nothing submitted")
+    limits = cluster_limits(res.get("qos")) if cluster == "slurm" and not down else None
     check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
+        if down:
+            echo(f"warning: the SLURM controller does not answer ({down}); cluster limits not checked, "
+                 f"MaxArraySize taken as SLURM's default {DEFAULT_MAX_ARRAY_SIZE}")
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
         check_cluster(sset, resources or {}, len(p.units), limits)
-        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits)
+        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits,
+                    array_size=DEFAULT_MAX_ARRAY_SIZE if down else None)
         return p
 
     with contextlib.ExitStack() as locks:
@@ -260,7 +270,8 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
 
 
 def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
-                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None) -> None:
+                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None,
+                array_size: int | None = None) -> None:
     kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
     echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
@@ -280,7 +291,7 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
     echo(f"would submit {len(p.to_submit)} runs as {len(p.units)} jobs" +
          (f"; skip {_fmt_skipped(p.skipped)}" if p.skipped else ""))
     if cluster == "slurm":
-        size = max_array_size()
+        size = array_size or max_array_size()
         arrays = chunks(p.units, size)
         echo(f"job arrays (MaxArraySize {size}): " + (", ".join(
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))

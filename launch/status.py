@@ -66,6 +66,11 @@ class RunStatus:
                 "age_s": None if self.updated_at is None else round(time.time() - self.updated_at, 1)}
 
 
+class DiskAlone(str):
+    """The warning of a status whose SLURM jobs' states are from disk alone: the scheduler was asked
+    and did not answer (``sweep status`` then exits 3)."""
+
+
 def _expand_array(jobid: str) -> list[str]:
     """``123_[0-3,7%2]`` -> ``['123_0', ..., '123_3', '123_7']``; other ids unchanged."""
     m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", jobid)
@@ -116,7 +121,7 @@ def query_slurm(job_ids: set[str]) -> tuple[dict[str, str], str | None]:
         err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
     except (OSError, subprocess.TimeoutExpired) as e:
         err = str(e)
-    return {}, f"scheduler unreachable (sacct: {sacct_err}; squeue: {err}); states are from disk alone"
+    return {}, DiskAlone(f"scheduler unreachable (sacct: {sacct_err}; squeue: {err}); states are from disk alone")
 
 
 def run_statuses(store: Store, runs: list[Run], query: bool = True,
