@@ -275,11 +275,12 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     from launch import store as st
     from launch.errors import SchedulerUnreachable
     from launch.executors import cancel_local, controller_problem
-    from launch.store import Store, read_jobs
+    from launch.store import Store, read_jobs, record_cancelled
 
     spec, runs = _load(spec_path, root, only)
     store = Store(spec.root)
-    jobs = {rel: job for name in {r.spec for r in runs} for rel, job in read_jobs(store, name).items()}
+    # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
+    jobs = {rel: job for part in spec.parts for rel, job in read_jobs(store, part.name).items()}
     on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
     down = controller_problem() if on_slurm else None
     if down:  # one probe, not scancel's retries; nothing is marked cancelled
@@ -290,15 +291,39 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
     local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
     if slurm_ids:
-        p = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
+        p = subprocess.run(["scancel", *_whole_arrays(slurm_ids, jobs)], capture_output=True, text=True)
         if p.returncode != 0:
             err = p.stderr.strip().splitlines()
             raise UserError(f"scancel failed: {err[-1] if err else f'exit {p.returncode}'}")
     if local:
         cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
+    unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
     for s in active:
-        store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error="cancelled by sweep cancel")
+        if (store.run_dir(s.run) / st.STATE_FILE).exists():
+            store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error=stt.CANCELLED_BY_SWEEP)
+        elif s.job_id:
+            unstarted.setdefault(s.run.spec, {})[s.run.rel_dir] = s.job_id
+    for name, cancelled in unstarted.items():
+        with store.lock(name):
+            record_cancelled(store, name, cancelled)
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
+
+
+def _whole_arrays(ids: list[str], jobs: dict[str, str]) -> list[str]:
+    """The ids scancel takes for ``ids``: an array's id when all its elements the jobs files know of are
+    among them (a 50,000-run cancel is then 50 ids, not 50,000), else its elements one by one."""
+    elements: dict[str, set[str]] = {}
+    for job in jobs.values():
+        if "_" in job and not job.startswith("local:"):
+            elements.setdefault(job.split("_")[0], set()).add(job)
+    wanted: dict[str, list[str]] = {}
+    for j in ids:
+        wanted.setdefault(j.split("_")[0], []).append(j)
+    out: list[str] = []
+    for master, of_master in sorted(wanted.items()):
+        known = elements.get(master, set())
+        out += [master] if known and known <= set(of_master) else sorted(of_master)
+    return out
 
 
 @cli.command()

@@ -19,7 +19,7 @@ from typing import Any
 from launch import store as st
 from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
-from launch.store import Store, read_jobs, read_json, read_state
+from launch.store import Store, read_cancelled, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
@@ -31,6 +31,8 @@ CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED = (
 FAILURES = [FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED]
 STATES = [NOT_SUBMITTED, PENDING, RUNNING, REQUEUED, COMPLETED, *FAILURES]
 ACTIVE = {PENDING, RUNNING, REQUEUED}
+CANCELLED_BY_SWEEP = "cancelled by sweep cancel"
+CANCELLED_BEFORE_START = "cancelled by sweep cancel before it started"
 
 # SLURM job states -> ours
 _SLURM = {
@@ -128,12 +130,16 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                  details: bool = False) -> tuple[list[RunStatus], str | None]:
     disk = {r.rel_dir: read_state(store.run_dir(r) / st.STATE_FILE) for r in runs}
     jobs: dict[str, str] = {}
+    cancelled: dict[str, str] = {}
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
+        cancelled.update(read_cancelled(store, spec))
     for rel, d in disk.items():  # the latest submission's id wins over what a run recorded
         if rel not in jobs:
             continue
-        if not d:  # submitted, not started: the launcher writes no state.json for fresh runs
+        if not d and cancelled.get(rel) == jobs[rel]:  # sweep cancel stopped it before it started
+            disk[rel] = {"state": st.CANCELLED, "job_id": jobs[rel], "error": CANCELLED_BEFORE_START}
+        elif not d:  # submitted, not started: the launcher writes no state.json for fresh runs
             disk[rel] = {"state": st.SUBMITTED, "job_id": jobs[rel]}
         elif not d.get("_corrupt"):
             d["job_id"] = jobs[rel]

@@ -5,6 +5,9 @@ Layout under the tree root::
     <root>/.sweep/manifests/<spec>.json   run dir -> run key, written at first launch
     <root>/.sweep/locks/<spec>.lock       held while launching (one submit per run)
     <root>/.sweep/submitit/               submitit's folder (pickles, stdout/stderr)
+    <root>/.sweep/jobs/<spec>.json        run dir -> job id of its latest submission
+    <root>/.sweep/cancelled/<spec>.json   run dir -> job id, for runs `sweep cancel` stopped before
+                                          they started (they have no directory of their own)
     <root>/<run dir>/run.json             identity + resolved config (plain JSON)
     <root>/<run dir>/state.json           state, job id, attempts, times, error tail
     <root>/<run dir>/progress.json        step / total, updated while running
@@ -309,3 +312,25 @@ def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:
     path = jobs_path(store, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {**read_jobs(store, spec), **jobs})
+
+
+def cancelled_path(store: Store, spec: str) -> Path:
+    return store.meta / "cancelled" / f"{spec}.json"
+
+
+def read_cancelled(store: Store, spec: str) -> dict[str, str]:
+    """run dir -> the job id ``sweep cancel`` cancelled before the run started. The entry holds only
+    while that job is the run's latest submission (a relaunch records another job id)."""
+    data = read_json(cancelled_path(store, spec))
+    if not data or data.get("_corrupt"):
+        return {}
+    return {rel: job for rel, job in data.items() if isinstance(job, str)}
+
+
+def record_cancelled(store: Store, spec: str, jobs: dict[str, str]) -> None:
+    """Note runs cancelled before they started: one file per spec, not a directory per run."""
+    if not jobs:
+        return
+    path = cancelled_path(store, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**read_cancelled(store, spec), **jobs})

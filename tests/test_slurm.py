@@ -196,7 +196,8 @@ def test_status_falls_back_to_squeue_then_disk(slurm, tmp_path: Path):
         (shims / tool).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
                                   "exit 1\n")
         (shims / tool).chmod(0o755)
-    p = sweep("status", spec, "--root", root, "--json", env=env)
+    p = sweep("status", spec, "--root", root, "--json", env=env, check=False)
+    assert p.returncode == 3  # states from disk alone: a distinct exit code
     assert "scheduler unreachable" in p.stderr and "from disk alone" in p.stderr
     assert json.loads(p.stdout)["counts"]["long"]["running"] == 1
     sweep("cancel", spec, "--root", root)
@@ -441,3 +442,33 @@ def test_ctrl_c_between_job_arrays_loses_no_submitted_run(slurm, tmp_path: Path)
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", since],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 40 and all("[" not in j for j in out), out
+
+
+def test_cancel_writes_nothing_for_runs_that_never_started(slurm, tmp_path: Path):
+    """Four of five runs still queued (--throttle 1): `sweep cancel` makes no directory for them, only
+    one file for the spec (.sweep/cancelled/<spec>.json); status shows all five cancelled, and
+    --retry cancelled submits them again."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 60", "steps: 400")
+                    .replace("x: [3]", "x: [1, 2, 3, 4, 5]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--throttle", "1")
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="one run to start")
+    assert counts(spec, root)["pending"] == 4
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 5 runs" in out, out
+    started = [p.parent for p in root.glob("long/*/seed11/state.json")]
+    assert len(started) == 1 and len(list(root.glob("long/*"))) == 1  # no directory for the four
+    cancelled = json.loads((root / ".sweep/cancelled/long.json").read_text())
+    assert len(cancelled) == 4 and started[0].relative_to(root).as_posix() not in cancelled
+    c = wait_for(lambda: finished(spec, root), timeout=60, what="cancellation")
+    assert c["cancelled"] == 5, c
+    rows = status_json(spec, root)["runs"]
+    assert sum(r["reason"] == "cancelled by sweep cancel before it started" for r in rows) == 4, rows
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "nothing to submit: 5 cancelled" in out, out
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "cancelled", "--throttle", "1").stdout
+    assert "submitted 5 runs" in out, out
+    c = counts(spec, root)
+    assert c["cancelled"] == 0 and c["pending"] + c["running"] == 5, c
+    sweep("cancel", spec, "--root", root)
