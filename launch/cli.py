@@ -212,15 +212,17 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
     all_rows, all_counts, all_parts = [], {}, {}
     disk_alone = False
     for spec, runs in loaded:
+        headlines = {p.name: p.headline for p in spec.parts}
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
-                                             details=verbose or failed)
+                                             details=verbose or failed, headlines=headlines)
         if warning:
             click.echo(f"warning: {warning}", err=True)
         disk_alone = disk_alone or isinstance(warning, stt.DiskAlone)
         c = stt.counts(statuses)
         all_counts[spec.name] = c
         shown = [s for s in statuses if not failed or s.state in stt.FAILURES]
-        rows = [s.row() for s in shown]
+        varying = stt.varying_params(runs)
+        rows = [s.row(spec.root, varying) for s in shown] if (verbose or failed) else []
         all_rows += [{"spec": s.run.spec, **r} for s, r in zip(shown, rows)] if (verbose or failed) else []
         part_counts = {name: stt.counts([s for s in statuses if s.run.spec == name])
                        for name in spec.by_part(runs)} if spec.composite else {}
@@ -231,7 +233,16 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
             for name, pc in part_counts.items():
                 click.echo(f"  {name}: {sum(pc.values())} runs — {_fmt_counts(pc)}")
             if verbose or failed:
-                _print_rows(rows)
+                named = {h for h in headlines.values() if h}
+                headline = named.pop() if len(named) == 1 else None  # parts naming different ones: in --json
+                fixed = {k: v for k, v in spec.parts[0].fixed.items()
+                         if all(k in p.fixed and p.fixed[k] == v for p in spec.parts)}
+                if fixed and rows:
+                    click.echo("fixed (every run): " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+                if headline and rows:
+                    click.echo(f"{headline}: at the last step logged (@step), mean over the lengths logged there")
+                for line in stt.status_table(rows, varying, headline) if rows else []:
+                    click.echo(f"  {line}")
     if as_json:
         out: dict[str, Any] = {"counts": all_counts, "runs": all_rows}
         if all_parts:  # composite specs: their counts per part
@@ -243,26 +254,6 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
 
 def _fmt_counts(c: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n)
-
-
-def _print_rows(rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        prog = f"{r['step']}/{r['total']}" if r.get("step") is not None else "-"
-        age = _age(r.get("age_s"))
-        line = (f"  {r['group']:<24} task_{r['task']:04d} seed{r['seed']:<6} {r['state']:<13} "
-                f"job {r['job_id'] or '-':<12} step {prog:<13} {r['last_metric'] or '-':<32} {age}")
-        click.echo(line.rstrip())
-        if r.get("reason"):
-            click.echo(f"      reason: {r['reason']}")
-
-
-def _age(s: float | None) -> str:
-    if s is None:
-        return ""
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s / n:.0f}{unit} ago"
-    return f"{s:.0f}s ago"
 
 
 @cli.command()
