@@ -272,8 +272,9 @@ class SlurmBackend:
             with _sigint_deferred():  # an array sbatch took is recorded before Ctrl-C stops the launch
                 try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
                     with contextlib.redirect_stderr(io.StringIO()), ex.batch():
-                        jobs = [ex.submit(RunUnit(str(self.store.root), unit,
-                                                  {r: infos[r] for r in unit if r in infos})) for unit in chunk]
+                        jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos},
+                                                  60 * int(self.params["time"]), self.params.get("signal_delay_s")))
+                                for unit in chunk]
                 except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                     msg = str(e).strip().splitlines()[-1] if str(e).strip() else e
                     raise UserError(f"sbatch failed: {msg}") from None

@@ -164,7 +164,7 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues,
-                                           sset.part(r.spec).fail_on_nonfinite_loss)
+                                           sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on)
                  for r in p.to_submit}
         part_of = {r.rel_dir: r.spec for r in p.to_submit}
         for r in p.to_submit:

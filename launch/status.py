@@ -227,6 +227,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
             s.state, s.reason = FAILED, _last_line(d.get("error"))
         elif dstate == st.CANCELLED:
             s.state, s.reason = CANCELLED, _last_line(d.get("error"))
+        elif dstate in (st.PREEMPTED, st.NODE_FAIL):  # not requeued: the spec's retry_on leaves it out
+            s.state, s.reason = {st.PREEMPTED: PREEMPTED, st.NODE_FAIL: NODE_FAIL}[dstate], _last_line(d.get("error"))
         elif dstate in (st.SUBMITTED, st.RUNNING, st.REQUEUED):
             jid = str(d.get("job_id") or "")
             if jid.startswith("local:"):
@@ -236,7 +238,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
                 gone = alive is False or (dstate == st.RUNNING and _died_here(d))
                 now = _ended_now(store, r) if gone else None
                 if now is not None:  # the worker finished the run and exited after its files were read
-                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED}[now["state"]]
+                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED,
+                               st.PREEMPTED: PREEMPTED, st.NODE_FAIL: NODE_FAIL}[now["state"]]
                     s.reason = None if s.state == COMPLETED else _last_line(now.get("error"))
                 elif alive is False:
                     s.state, s.reason = FAILED, "local worker exited before the run finished"

@@ -44,7 +44,10 @@ COMPLETED = "completed"
 FAILED = "failed"
 REQUEUED = "requeued"
 CANCELLED = "cancelled"  # by sweep cancel
-ENDED = (COMPLETED, FAILED, CANCELLED)
+# the scheduler ended the job and the spec's retry_on did not have it requeued (the job wrote it)
+PREEMPTED = "preempted"
+NODE_FAIL = "node_fail"
+ENDED = (COMPLETED, FAILED, CANCELLED, PREEMPTED, NODE_FAIL)
 
 
 def write_json(path: Path | str, data: Any) -> None:
@@ -205,10 +208,17 @@ class Store:
 
     @staticmethod
     def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int,
-                 fail_on_nonfinite_loss: bool = True) -> dict[str, Any]:
-        """What run.json holds: identity, resolved config, and how the job should treat it."""
-        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
+                 fail_on_nonfinite_loss: bool = True, retry_on: list[str] | tuple[str, ...] | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+        """What run.json holds: identity, resolved config, and how the job should treat it
+        (``retry_on``: the scheduler's ends it requeues itself; ``code``: the launch's code snapshot)."""
+        info = {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
                 "fail_on_nonfinite_loss": fail_on_nonfinite_loss}
+        if retry_on is not None:
+            info["retry_on"] = list(retry_on)
+        if code is not None:
+            info["code_snapshot"] = code
+        return info
 
     def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> bool:
         """Create the run directory with its run.json. Done by the job when it first

@@ -472,3 +472,26 @@ def test_cancel_writes_nothing_for_runs_that_never_started(slurm, tmp_path: Path
     c = counts(spec, root)
     assert c["cancelled"] == 0 and c["pending"] + c["running"] == 5, c
     sweep("cancel", spec, "--root", root)
+
+
+def test_a_preemption_left_out_of_retry_on_ends_preempted_not_requeued(slurm, tmp_path: Path):
+    """retry_on: [node_fail]: a preemption (submitit's SIGTERM + USR2 well before the time limit) ends the run
+    `preempted` instead of requeueing it; --retry preempted resubmits it. (The default, [node_fail, preempted],
+    requeues it: test_requeue_resumes_and_matches_uninterrupted_twin.)"""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3") + "retry_on: [node_fail]\n")
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    _preempt_once(spec, root, "preempt")
+    c = wait_for(lambda: finished(spec, root), timeout=120, what="the preempted run to end")
+    assert c["preempted"] == 1, c
+    state = json.loads((root / "long/task_0000/seed11/state.json").read_text())
+    assert state["state"] == "preempted" and state.get("requeues", 0) == 0 and state["attempts"] == 1, state
+    row = status_json(spec, root)["runs"][0]
+    assert row["state"] == "preempted" and "not requeued (retry_on: ['node_fail'])" in row["reason"], row
+    assert "nothing to submit: 1 preempted (use --retry preempted" in \
+        sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "submitted 1 runs" in sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry",
+                                       "preempted").stdout
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="the resubmitted run to finish")
+    assert c["completed"] == 1, c
