@@ -17,7 +17,7 @@ corrupt: it is never coerced to NaN. A run extended by ``sweep resume`` (a
 
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
-            git_commit, host, started_at, ended_at, wall_s, state
+            git_commit, code_snapshot, host, started_at, ended_at, wall_s, state
 record      step, split, length (nullable), time
 config      one column per resolved config parameter (lists/dicts as JSON);
             ``config_<name>`` when it is named like a provenance column
@@ -42,7 +42,7 @@ from launch.store import Store, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 PROVENANCE = ["spec", "experiment", "group", "task", "seed", "run_key", "run_dir", "job_id", "git_commit",
-              "host", "started_at", "ended_at", "wall_s", "state"]
+              "code_snapshot", "host", "started_at", "ended_at", "wall_s", "state"]
 RECORD = ["step", "split", "length", "time"]
 
 
@@ -171,7 +171,8 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
                 config_cols.append(k)
         prov = {"spec": r.spec, "experiment": r.experiment, "group": r.group, "task": r.task, "seed": r.seed,
                 "run_key": r.run_key, "run_dir": r.rel_dir, "job_id": jobs.get(r.rel_dir, state.get("job_id")),
-                "git_commit": state.get("git_commit"), "host": state.get("host"),
+                "git_commit": state.get("git_commit"), "code_snapshot": state.get("code_snapshot"),
+                "host": state.get("host"),
                 "started_at": state.get("started_at"), "ended_at": state.get("ended_at"),
                 "wall_s": state.get("wall_s"), "state": state.get("state")}
         records.append((prov, r.config, recs))

@@ -35,6 +35,7 @@ from launch.executors import (
     signal_lead_s,
     slurm_parameters,
 )
+from launch.snapshot import make_snapshot, plan_snapshot, python_path, setup_line
 from launch.spec import Spec
 from launch.spec_set import SpecSet, as_set
 from launch.store import Store, record_jobs, write_json
@@ -112,8 +113,8 @@ def _finished_since(store: Store, run: Run) -> bool:
 
 
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
-           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
-           echo: Any = print) -> LaunchPlan:
+           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None,
+           concurrency: int | None = None, echo: Any = print, snapshot: bool = True) -> LaunchPlan:
     sset = as_set(spec)
     store = Store(sset.root)
     parts = sset.by_part(runs)  # part name -> its runs: the manifests, locks and jobs files are per part
@@ -141,6 +142,12 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         check_cluster(sset, resources or {}, len(p.units), limits)
         _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits,
                     array_size=DEFAULT_MAX_ARRAY_SIZE if down else None)
+        if snapshot:
+            digest, where = plan_snapshot(store)
+            echo(f"code: the jobs run a snapshot of the packages' sources, {where} (hash {digest}; "
+                 f"--no-snapshot: the live checkout)")
+        else:
+            echo("code: the live checkout (--no-snapshot)")
         return p
 
     with contextlib.ExitStack() as locks:
@@ -153,8 +160,12 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
         check_cluster(sset, resources or {}, len(p.units), limits)
+        code, code_dir = make_snapshot(store) if snapshot else (None, None)
         if cluster == "slurm":
-            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
+            params = slurm_parameters(res, sset.name)
+            if code_dir is not None:  # in the sbatch script: a requeue runs the same snapshot
+                params["setup"] = [setup_line(code_dir), *params.get("setup", [])]
+            backend: SlurmBackend | LocalBackend = SlurmBackend(store, params)
             array_size = max_array_size()
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
@@ -164,7 +175,8 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues,
-                                           sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on)
+                                           sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on,
+                                           code)
                  for r in p.to_submit}
         part_of = {r.rel_dir: r.spec for r in p.to_submit}
         for r in p.to_submit:
@@ -185,7 +197,8 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             done.update(jobs)
 
         try:
-            submitted = backend.submit(p.units, array_size, infos, accepted)
+            with python_path(code_dir if cluster == "local" else None):  # the local workers import from it
+                submitted = backend.submit(p.units, array_size, infos, accepted)
         except BaseException:
             for r in p.to_submit:  # leave the runs that were not submitted as they were
                 if previous[r.rel_dir] and r.rel_dir not in done:

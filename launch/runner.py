@@ -27,6 +27,7 @@ import submitit
 from launch import store as st
 from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append, with_later_params
 from launch.provenance import git_commit
+from launch.snapshot import running_snapshot
 from launch.store import Store, read_json
 
 
@@ -111,6 +112,7 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     store.update_state(rel_dir, state=st.RUNNING, job_id=current_job_id(), host=socket.gethostname(),
                        pid=os.getpid(), started_at=state.get("started_at") or t0, attempt_started_at=t0,
                        attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit(),
+                       code_snapshot=(running_snapshot() or {}).get("hash"),  # None: run from the checkout
                        run_key=info.get("run_key"))  # the identity, so status need not read run.json
     return info, state, t0
 

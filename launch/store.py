@@ -85,7 +85,7 @@ _NUMBER = (int, float)
 STATE_FIELDS: dict[str, Any] = {
     "state": str, "job_id": str, "attempts": int, "requeues": int, "host": str, "pid": int, "git_commit": str,
     "started_at": _NUMBER, "attempt_started_at": _NUMBER, "ended_at": _NUMBER, "wall_s": _NUMBER,
-    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str,
+    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str, "code_snapshot": str,
     "corrupt_resume_states": list,
 }
 

@@ -495,3 +495,51 @@ def test_a_preemption_left_out_of_retry_on_ends_preempted_not_requeued(slurm, tm
                                        "preempted").stdout
     c = wait_for(lambda: finished(spec, root), timeout=180, what="the resubmitted run to finish")
     assert c["completed"] == 1, c
+
+
+def test_queued_and_requeued_jobs_run_the_code_snapshot_taken_at_launch(slurm, tmp_path: Path):
+    """The code is edited right after launch, while the job waits (a 4 s setup line) and before it is
+    requeued: both attempts run the snapshot in .sweep/code/<hash>/, which provenance names
+    (state.json, run.json, the Parquet); --no-snapshot runs the live, edited code."""
+    import shutil
+
+    from tests.helpers import REPO
+
+    checkout = tmp_path / "checkout"  # the checkout a researcher edits: the launch package from here
+    shutil.copytree(REPO / "launch", checkout / "launch", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(checkout)}
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("signal_delay_s: 30",
+                                                                "signal_delay_s: 30, setup: ['sleep 4']"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, cwd=tmp_path, env=env)
+    noop = checkout / "launch" / "noop.py"
+    noop.write_text(noop.read_text().replace('"noop: resuming at step', '"EDITED: resuming at step')
+                    .replace('"noop: done after', '"EDITED: done after'))
+    assert counts(spec, root)["running"] == 0  # still in its setup: nothing imported yet
+    _preempt_once(spec, root, "scontrol_requeue")
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="the requeued run to finish")
+    assert c["completed"] == 1, c
+    run_dir = root / "long/task_0000/seed11"
+    log = (run_dir / "log.txt").read_text()
+    assert "noop: resuming at step" in log and "noop: done after" in log and "EDITED" not in log, log
+    snapshots = [p.name for p in (root / ".sweep" / "code").iterdir()]
+    assert len(snapshots) == 1, snapshots
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["attempts"] == 2 and state["code_snapshot"] == snapshots[0], state
+    assert json.loads((run_dir / "run.json").read_text())["code_snapshot"] == snapshots[0]
+    snap = root / ".sweep" / "code" / snapshots[0]
+    assert "EDITED" not in (snap / "launch" / "noop.py").read_text() and (snap / "SNAPSHOT.json").exists()
+    sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet", cwd=tmp_path, env=env)
+    assert set(pd.read_parquet(tmp_path / "r.parquet")["code_snapshot"]) == {snapshots[0]}
+
+    live = tmp_path / "live.yaml"
+    live.write_text(LONG.replace("{max_requeues}", "3").replace("x: [3]", "x: [4]").replace("steps: 60", "steps: 4")
+                    .replace('"long"', '"live"'))
+    sweep("launch", live, "--cluster", "slurm", "--root", root, "--no-snapshot", cwd=tmp_path, env=env)
+    wait_for(lambda: finished(live, root), timeout=120, what="the --no-snapshot run")
+    live_dir = root / "live/task_0000/seed11"
+    assert "EDITED: done after" in (live_dir / "log.txt").read_text()
+    assert json.loads((live_dir / "state.json").read_text()).get("code_snapshot") is None
+    assert len(list((root / ".sweep" / "code").iterdir())) == 1
+
