@@ -400,14 +400,14 @@ def _tail(path: Path, lines: int) -> None:
 def _job_stderr(run_dir: Path, state: dict[str, Any]) -> Path | None:
     """The stderr file of the run's latest job: its tree's jobs files name the job (a run
     whose job died before it started has no directory, only that entry)."""
-    from launch.store import META, read_json
+    from launch.store import META, Store, read_jobs
 
     here = run_dir.absolute()
     root = next((p for p in here.parents if (p / META / "jobs").is_dir()), None)
     if root is None:
         return None
     rel = here.relative_to(root).as_posix()
-    jobs = [(read_json(f) or {}).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
+    jobs = [read_jobs(Store(root), f.stem).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
     job = next((j for j in jobs if isinstance(j, str)), None)
     if job is None:
         return None

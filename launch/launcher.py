@@ -38,7 +38,7 @@ from launch.executors import (
 from launch.snapshot import make_snapshot, plan_snapshot, python_path, setup_line
 from launch.spec import Spec
 from launch.spec_set import SpecSet, as_set
-from launch.store import Store, record_jobs, write_json
+from launch.store import Store, compact_jobs, record_jobs, write_json
 from launch.tasks import Run
 
 
@@ -160,7 +160,14 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
         check_cluster(sset, resources or {}, len(p.units), limits)
-        code, code_dir = make_snapshot(store) if snapshot else (None, None)
+        old_manifests = {name: store.read_manifest(name) for name in parts}
+        for name, part_runs in parts.items():
+            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
+        try:
+            code, code_dir = make_snapshot(store) if snapshot else (None, None)
+        except BaseException:  # e.g. no space left: nothing was launched
+            _restore_manifests(store, old_manifests)
+            raise
         if cluster == "slurm":
             params = slurm_parameters(res, sset.name)
             if code_dir is not None:  # in the sbatch script: a requeue runs the same snapshot
@@ -170,9 +177,6 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
-        old_manifests = {name: store.read_manifest(name) for name in parts}
-        for name, part_runs in parts.items():
-            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues,
                                            sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on,
@@ -200,6 +204,9 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             with python_path(code_dir if cluster == "local" else None):  # the local workers import from it
                 submitted = backend.submit(p.units, array_size, infos, accepted)
         except BaseException:
+            for name in parts:
+                with contextlib.suppress(OSError):  # else the log stays: read_jobs reads it all the same
+                    compact_jobs(store, name)
             for r in p.to_submit:  # leave the runs that were not submitted as they were
                 if previous[r.rel_dir] and r.rel_dir not in done:
                     write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
@@ -207,12 +214,10 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
                 echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
                      f"launching again submits the rest")
             else:
-                for name, old_manifest in old_manifests.items():
-                    if old_manifest:
-                        write_json(store.manifest_path(name), old_manifest)
-                    else:  # nothing launched: the spec may still be edited freely
-                        store.manifest_path(name).unlink(missing_ok=True)
+                _restore_manifests(store, old_manifests)
             raise
+        for name in parts:
+            compact_jobs(store, name)
         # a run whose job started before the jobs file was written has its own state.json already
         ids = sorted({s.job_id.split("_")[0] for s in submitted})
         what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
@@ -220,6 +225,15 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
              + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
         return p
+
+
+def _restore_manifests(store: Store, old_manifests: dict[str, dict[str, Any] | None]) -> None:
+    """Put the manifests back as they were before a launch that submitted nothing."""
+    for name, old_manifest in old_manifests.items():
+        if old_manifest:
+            write_json(store.manifest_path(name), old_manifest)
+        else:  # nothing launched: the spec may still be edited freely
+            store.manifest_path(name).unlink(missing_ok=True)
 
 
 def check_signal_lead(sset: SpecSet, flags: dict[str, Any]) -> None:

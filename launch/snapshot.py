@@ -93,8 +93,12 @@ def make_snapshot(store: Store) -> tuple[str, Path]:
         except OSError:  # another launch made the same snapshot meanwhile
             if not (dest / MARKER).exists():
                 raise
+    except OSError as e:  # name the snapshot being written, not the source file
+        raise OSError(e.errno, e.strerror, str(dest)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # only when empty: no snapshot was made
     return digest, dest
 
 

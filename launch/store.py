@@ -310,18 +310,46 @@ def jobs_path(store: Store, spec: str) -> Path:
     return store.meta / "jobs" / f"{spec}.json"
 
 
+def jobs_log_path(store: Store, spec: str) -> Path:
+    return store.meta / "jobs" / f"{spec}.log"
+
+
 def read_jobs(store: Store, spec: str) -> dict[str, str]:
-    """run dir -> job id of its latest submission (one file per spec, so status reads one file)."""
+    """run dir -> job id of its latest submission: the spec's jobs file, then the arrays a launch has
+    appended to its log since (see :func:`record_jobs`), later entries winning."""
     data = read_json(jobs_path(store, spec))
-    if not data or data.get("_corrupt"):
-        return {}
-    return {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
+    out = {} if not data or data.get("_corrupt") else \
+        {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
+    try:
+        with open(jobs_log_path(store, spec)) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut short by a kill: that array's record is lost
+                    continue
+                if isinstance(entry, dict):
+                    out.update((rel, job) for rel, job in entry.items() if isinstance(job, str))
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:
-    path = jobs_path(store, spec)
+    """Record the job ids of one accepted array: one line appended to the spec's jobs log, so a launch
+    of N arrays writes each id once (rewriting the jobs file per array was quadratic in the grid)."""
+    path = jobs_log_path(store, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {**read_jobs(store, spec), **jobs})
+    with open(path, "a") as f:
+        f.write(json.dumps(jobs, separators=(",", ":")) + "\n")
+
+
+def compact_jobs(store: Store, spec: str) -> None:
+    """Fold the jobs log into the jobs file (once per launch, under the spec's lock)."""
+    log = jobs_log_path(store, spec)
+    if not log.exists():
+        return
+    write_json(jobs_path(store, spec), read_jobs(store, spec))
+    log.unlink()
 
 
 def cancelled_path(store: Store, spec: str) -> Path:
