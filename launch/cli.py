@@ -224,7 +224,7 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
         c = stt.counts(statuses)
         all_counts[spec.name] = c
         shown = [s for s in statuses if not failed or s.state in stt.FAILURES]
-        varying = stt.varying_params(runs)
+        varying = stt.varying_params(runs) if (verbose or failed) else []
         rows = [s.row(spec.root, varying) for s in shown] if (verbose or failed) else []
         all_rows += [{"spec": s.run.spec, **r} for s, r in zip(shown, rows)] if (verbose or failed) else []
         part_counts = {name: stt.counts([s for s in statuses if s.run.spec == name])

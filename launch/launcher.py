@@ -141,13 +141,8 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
         check_cluster(sset, resources or {}, len(p.units), limits)
         _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits,
-                    array_size=DEFAULT_MAX_ARRAY_SIZE if down else None)
-        if snapshot:
-            digest, where = plan_snapshot(store)
-            echo(f"code: the jobs run a snapshot of the packages' sources, {where} (hash {digest}; "
-                 f"--no-snapshot: the live checkout)")
-        else:
-            echo("code: the live checkout (--no-snapshot)")
+                    array_size=DEFAULT_MAX_ARRAY_SIZE if down else None,
+                    code=plan_snapshot(store) if snapshot else None)
         return p
 
     with contextlib.ExitStack() as locks:
@@ -298,7 +293,7 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
 
 def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
                 concurrency: int | None, echo: Any, limits: ClusterLimits | None = None,
-                array_size: int | None = None) -> None:
+                array_size: int | None = None, code: tuple[str, Any] | None = None) -> None:
     kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
     echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
@@ -323,10 +318,14 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
         echo(f"job arrays (MaxArraySize {size}): " + (", ".join(
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
         params = slurm_parameters(res, sset.name)
+        if code is not None:
+            params["setup"] = [setup_line(code[1]), *params.get("setup", [])]
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         echo(f"time limit: {params['time']} min per job; SLURM signals it {params['signal_delay_s']} s before the "
              f"limit (USR2: checkpoint and requeue)")
         echo(f"submitit folder: {store.submitit_dir().absolute()}")
+        echo(f"code: a snapshot of the packages' sources, {code[1]} (hash {code[0]}; --no-snapshot: the live "
+             "checkout)" if code else "code: the live checkout (--no-snapshot)")
         if limits is not None:
             name = res.get("partition") or limits.default_partition
             max_time = limits.partitions.get(name) if name else None
@@ -344,5 +343,7 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
     else:
         echo(f"local executor: at most {concurrency or res.get('local_concurrency') or os.cpu_count()} "
              f"runs at once")
+        echo(f"code: a snapshot of the packages' sources, {code[1]} (hash {code[0]})" if code else
+             "code: the live checkout (--no-snapshot)")
     if p.warning:
         echo(f"warning: {p.warning}")

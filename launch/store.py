@@ -68,10 +68,11 @@ def write_json(path: Path | str, data: Any) -> None:
         raise
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path | str) -> dict[str, Any] | None:
     """A harness JSON file (always an object); None when missing, ``{"_corrupt": True}`` when unreadable."""
     try:
-        data = json.loads(path.read_text())
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read())
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -100,7 +101,7 @@ def state_problem(state: dict[str, Any]) -> str | None:
     return None
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
+def read_state(path: Path | str) -> dict[str, Any] | None:
     """A state.json: None when missing; ``{"_corrupt": True, "_why": ...}`` when unreadable or when a
     field has the wrong type."""
     data = read_json(path)
