@@ -48,7 +48,7 @@ def budget_columns(rows: pd.DataFrame) -> list[str]:
 
 
 # Not configuration: who/where/when a run was, its records, and what analysis derives or computes.
-NOT_CONFIG = {*COMMON_COLUMNS, "job_id", "git_commit", "host", "started_at", "ended_at", "wall_s", "seed",
+NOT_CONFIG = {*COMMON_COLUMNS, "job_id", "git_commit", "code_snapshot", "host", "started_at", "ended_at", "wall_s", "seed",
               "train_k", "length_config", "budget", "last_step", "id_exact_match", "ood_exact_match",
               "ood_exact_match_mean", "ood_exact_match_std", "id_exact_match_mean", "n_runs", "min_train_k_95"}
 # Parameters that change neither what a run learns nor what its score estimates: runs differing

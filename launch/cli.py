@@ -1,4 +1,5 @@
-"""The ``sweep`` command line.
+"""The ``sweep`` command line (one module past 500 lines: it is the whole CLI surface, each command
+a thin shell over its layer's module, and splitting it would scatter the shared options).
 
 Bad input of any kind ends with one line, ``error: <what is wrong, where>``,
 and exit code 2; nothing is written. Commands contributed by experiment
@@ -142,8 +143,10 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 @click.option("--signal-delay", "signal_delay_s", type=click.IntRange(min=1), default=None,
               help="Seconds before the time limit SLURM signals the job to checkpoint and requeue "
                    "(default: a quarter of --time, at most 90).")
+@click.option("--no-snapshot", is_flag=True, help="Run the jobs from the live checkout, not from a snapshot of "
+                                                  "the code taken at launch (<root>/.sweep/code/<hash>).")
 def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool, retry: str | None,
-           retry_failed: bool, concurrency: int | None, **resources: Any) -> None:
+           retry_failed: bool, concurrency: int | None, no_snapshot: bool, **resources: Any) -> None:
     """Submit the runs of SPEC that are not done yet; returns at once."""
     from launch.launcher import launch as do_launch
     from launch.launcher import retry_states
@@ -159,7 +162,7 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
     if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
         res["mem_gb"] = int(res["mem_gb"])
     do_launch(spec, runs, cluster, retry_failed=retry_failed, retry=retry_list, dry_run=dry_run, resources=res,
-              concurrency=concurrency, echo=click.echo)
+              concurrency=concurrency, echo=click.echo, snapshot=not no_snapshot)
 
 
 def _warn_missing_roots(loaded: list[Any]) -> None:
@@ -197,7 +200,12 @@ def _launched_specs(root: str | None) -> tuple[str, ...]:
 @click.option("--no-scheduler", is_flag=True, help="Do not query SLURM; disk state only.")
 def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
            as_json: bool, no_scheduler: bool) -> None:
-    """Counts of runs by state; -v for one row per run. Without SPEC: every spec launched into the tree."""
+    """Counts of runs by state; -v for one row per run. Without SPEC: every spec launched into the tree.
+
+    \b
+    Exit codes: 0 the states are the scheduler's and the runs' own;
+    3 the scheduler (sacct and squeue) did not answer: SLURM runs' states are
+    from disk alone and may be stale (a warning says so); 2 bad input."""
     from launch import status as stt
     from launch.store import Store
 
@@ -205,15 +213,19 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
     loaded = [_load(p, root, only) for p in spec_paths]
     _warn_missing_roots(loaded)
     all_rows, all_counts, all_parts = [], {}, {}
+    disk_alone = False
     for spec, runs in loaded:
+        headlines = {p.name: p.headline for p in spec.parts}
         statuses, warning = stt.run_statuses(Store(spec.root), runs, query=not no_scheduler,
-                                             details=verbose or failed)
+                                             details=verbose or failed, headlines=headlines)
         if warning:
             click.echo(f"warning: {warning}", err=True)
+        disk_alone = disk_alone or isinstance(warning, stt.DiskAlone)
         c = stt.counts(statuses)
         all_counts[spec.name] = c
         shown = [s for s in statuses if not failed or s.state in stt.FAILURES]
-        rows = [s.row() for s in shown]
+        varying = stt.varying_params(runs) if (verbose or failed) else []
+        rows = [s.row(spec.root, varying) for s in shown] if (verbose or failed) else []
         all_rows += [{"spec": s.run.spec, **r} for s, r in zip(shown, rows)] if (verbose or failed) else []
         part_counts = {name: stt.counts([s for s in statuses if s.run.spec == name])
                        for name in spec.by_part(runs)} if spec.composite else {}
@@ -224,36 +236,27 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
             for name, pc in part_counts.items():
                 click.echo(f"  {name}: {sum(pc.values())} runs — {_fmt_counts(pc)}")
             if verbose or failed:
-                _print_rows(rows)
+                named = {h for h in headlines.values() if h}
+                headline = named.pop() if len(named) == 1 else None  # parts naming different ones: in --json
+                fixed = {k: v for k, v in spec.parts[0].fixed.items()
+                         if all(k in p.fixed and p.fixed[k] == v for p in spec.parts)}
+                if fixed and rows:
+                    click.echo("fixed (every run): " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+                if headline and rows:
+                    click.echo(f"{headline}: at the last step logged (@step), mean over the lengths logged there")
+                for line in stt.status_table(rows, varying, headline) if rows else []:
+                    click.echo(f"  {line}")
     if as_json:
         out: dict[str, Any] = {"counts": all_counts, "runs": all_rows}
         if all_parts:  # composite specs: their counts per part
             out["parts"] = all_parts
         click.echo(json.dumps(out, indent=1, default=str))
+    if disk_alone:
+        sys.exit(3)
 
 
 def _fmt_counts(c: dict[str, int]) -> str:
     return ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in c.items() if n)
-
-
-def _print_rows(rows: list[dict[str, Any]]) -> None:
-    for r in rows:
-        prog = f"{r['step']}/{r['total']}" if r.get("step") is not None else "-"
-        age = _age(r.get("age_s"))
-        line = (f"  {r['group']:<24} task_{r['task']:04d} seed{r['seed']:<6} {r['state']:<13} "
-                f"job {r['job_id'] or '-':<12} step {prog:<13} {r['last_metric'] or '-':<32} {age}")
-        click.echo(line.rstrip())
-        if r.get("reason"):
-            click.echo(f"      reason: {r['reason']}")
-
-
-def _age(s: float | None) -> str:
-    if s is None:
-        return ""
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s / n:.0f}{unit} ago"
-    return f"{s:.0f}s ago"
 
 
 @cli.command()
@@ -264,24 +267,57 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     """Cancel the pending and running runs of SPEC (all, or those --only selects)."""
     from launch import status as stt
     from launch import store as st
-    from launch.executors import cancel_local
-    from launch.store import Store
+    from launch.errors import SchedulerUnreachable
+    from launch.executors import cancel_local, controller_problem
+    from launch.store import Store, read_jobs, record_cancelled
 
     spec, runs = _load(spec_path, root, only)
     store = Store(spec.root)
-    statuses, warning = stt.run_statuses(store, runs)
+    # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
+    jobs = {rel: job for part in spec.parts for rel, job in read_jobs(store, part.name).items()}
+    on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
+    down = controller_problem() if on_slurm else None
+    if down:  # one probe, not scancel's retries; nothing is marked cancelled
+        raise SchedulerUnreachable(f"sweep cancel: the SLURM controller does not answer ({down}); "
+                                   "nothing cancelled")
+    statuses, _ = stt.run_statuses(store, runs)
     active = [s for s in statuses if s.state in stt.ACTIVE]
     slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
     local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
     if slurm_ids:
-        p = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True)
+        p = subprocess.run(["scancel", *_whole_arrays(slurm_ids, jobs)], capture_output=True, text=True)
         if p.returncode != 0:
-            raise UserError(f"scancel failed: {p.stderr.strip()}")
+            err = p.stderr.strip().splitlines()
+            raise UserError(f"scancel failed: {err[-1] if err else f'exit {p.returncode}'}")
     if local:
         cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
+    unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
     for s in active:
-        store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error="cancelled by sweep cancel")
+        if (store.run_dir(s.run) / st.STATE_FILE).exists():
+            store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error=stt.CANCELLED_BY_SWEEP)
+        elif s.job_id:
+            unstarted.setdefault(s.run.spec, {})[s.run.rel_dir] = s.job_id
+    for name, cancelled in unstarted.items():
+        with store.lock(name):
+            record_cancelled(store, name, cancelled)
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
+
+
+def _whole_arrays(ids: list[str], jobs: dict[str, str]) -> list[str]:
+    """The ids scancel takes for ``ids``: an array's id when all its elements the jobs files know of are
+    among them (a 50,000-run cancel is then 50 ids, not 50,000), else its elements one by one."""
+    elements: dict[str, set[str]] = {}
+    for job in jobs.values():
+        if "_" in job and not job.startswith("local:"):
+            elements.setdefault(job.split("_")[0], set()).add(job)
+    wanted: dict[str, list[str]] = {}
+    for j in ids:
+        wanted.setdefault(j.split("_")[0], []).append(j)
+    out: list[str] = []
+    for master, of_master in sorted(wanted.items()):
+        known = elements.get(master, set())
+        out += [master] if known and known <= set(of_master) else sorted(of_master)
+    return out
 
 
 @cli.command()
@@ -364,14 +400,14 @@ def _tail(path: Path, lines: int) -> None:
 def _job_stderr(run_dir: Path, state: dict[str, Any]) -> Path | None:
     """The stderr file of the run's latest job: its tree's jobs files name the job (a run
     whose job died before it started has no directory, only that entry)."""
-    from launch.store import META, read_json
+    from launch.store import META, Store, read_jobs
 
     here = run_dir.absolute()
     root = next((p for p in here.parents if (p / META / "jobs").is_dir()), None)
     if root is None:
         return None
     rel = here.relative_to(root).as_posix()
-    jobs = [(read_json(f) or {}).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
+    jobs = [read_jobs(Store(root), f.stem).get(rel) for f in sorted((root / META / "jobs").glob("*.json"))]
     job = next((j for j in jobs if isinstance(j, str)), None)
     if job is None:
         return None

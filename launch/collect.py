@@ -17,7 +17,7 @@ corrupt: it is never coerced to NaN. A run extended by ``sweep resume`` (a
 
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
-            git_commit, host, started_at, ended_at, wall_s, state
+            git_commit, code_snapshot, host, started_at, ended_at, wall_s, state
 record      step, split, length (nullable), time
 config      one column per resolved config parameter (lists/dicts as JSON);
             ``config_<name>`` when it is named like a provenance column
@@ -42,7 +42,7 @@ from launch.store import Store, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 PROVENANCE = ["spec", "experiment", "group", "task", "seed", "run_key", "run_dir", "job_id", "git_commit",
-              "host", "started_at", "ended_at", "wall_s", "state"]
+              "code_snapshot", "host", "started_at", "ended_at", "wall_s", "state"]
 RECORD = ["step", "split", "length", "time"]
 
 
@@ -133,9 +133,11 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
     jobs: dict[str, str] = {}
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
-    config_cols: list[str] = []
+    # config columns: every run's parameters, known before the first row (so each run's records become
+    # columns as they are read, never held as dicts); those of no run in the table are dropped at the end
+    config_cols = list(dict.fromkeys(k for r in runs for k in r.config if k != "seed"))
     seen_cfg: set[str] = set()
-    records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = []
+    table = TableBuilder(config_cols)
     manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
     for r in runs:
         d = store.run_dir(r)
@@ -165,35 +167,36 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         if torn:
             report.warnings.append(f"{r.rel_dir}/{METRICS_FILE}: dropped its last line, cut short "
                                    f"(killed while writing?): {torn[:60]!r}")
-        for k in r.config:
-            if k not in seen_cfg and k != "seed":  # seed is already a provenance column
-                seen_cfg.add(k)
-                config_cols.append(k)
+        seen_cfg.update(r.config)  # seed is already a provenance column
         prov = {"spec": r.spec, "experiment": r.experiment, "group": r.group, "task": r.task, "seed": r.seed,
                 "run_key": r.run_key, "run_dir": r.rel_dir, "job_id": jobs.get(r.rel_dir, state.get("job_id")),
-                "git_commit": state.get("git_commit"), "host": state.get("host"),
+                "git_commit": state.get("git_commit"), "code_snapshot": state.get("code_snapshot"),
+                "host": state.get("host"),
                 "started_at": state.get("started_at"), "ended_at": state.get("ended_at"),
                 "wall_s": state.get("wall_s"), "state": state.get("state")}
-        records.append((prov, r.config, recs))
+        table.add(prov, r.config, recs)
+        del recs
         report.runs += 1
         report.warnings += _extensions(d, r)
 
-    report.rows = write_table(records, config_cols, Path(out))
+    report.rows = table.write(Path(out), keep_config=seen_cfg)
     return report
 
 
-def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]], config_cols: list[str],
-                out: Path) -> int:
-    """Write the long table (one row per metrics record) of ``records`` — (provenance, config,
-    metrics records) per run — atomically to ``out``; returns the number of rows. Shared by
-    ``sweep collect`` and anything that must write rows of the same schema (``sweep evaluate``)."""
-    # a config parameter named like a provenance/record column keeps its value as config_<name>
-    cfg_col = {k: f"config_{k}" if k in PROVENANCE or k in RECORD else k for k in config_cols}
-    reserved = set(PROVENANCE) | set(RECORD) | set(cfg_col.values())
-    metric_cols: dict[str, str] = {}  # metric name -> column
-    columns: dict[str, list[Any]] = {c: [] for c in PROVENANCE + RECORD + list(cfg_col.values())}
-    n = 0
-    for prov, config, recs in records:
+class TableBuilder:
+    """The long table's columns, filled run by run (``add``) so no run's records outlive their rows."""
+
+    def __init__(self, config_cols: list[str]):
+        self.config_cols = config_cols
+        # a config parameter named like a provenance/record column keeps its value as config_<name>
+        self.cfg_col = {k: f"config_{k}" if k in PROVENANCE or k in RECORD else k for k in config_cols}
+        self.reserved = set(PROVENANCE) | set(RECORD) | set(self.cfg_col.values())
+        self.metric_cols: dict[str, str] = {}  # metric name -> column
+        self.columns: dict[str, list[Any]] = {c: [] for c in PROVENANCE + RECORD + list(self.cfg_col.values())}
+        self.n = 0
+
+    def add(self, prov: dict[str, Any], config: dict[str, Any], recs: list[dict[str, Any]]) -> None:
+        columns, metric_cols = self.columns, self.metric_cols
         for rec in recs:
             for c in PROVENANCE:
                 columns[c].append(prov[c])
@@ -201,20 +204,47 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
             columns["split"].append(rec.get("split"))
             columns["length"].append(rec.get("length"))
             columns["time"].append(rec.get("time"))
-            for c in config_cols:
+            for c in self.config_cols:
                 v = config.get(c)
-                columns[cfg_col[c]].append(json.dumps(v) if isinstance(v, (list, dict)) else v)
+                columns[self.cfg_col[c]].append(json.dumps(v) if isinstance(v, (list, dict)) else v)
             for name, v in rec.get("metrics", {}).items():
                 col = metric_cols.get(name)
                 if col is None:
-                    col = metric_cols[name] = f"metric_{name}" if name in reserved else name
-                    columns[col] = [None] * n
+                    col = metric_cols[name] = f"metric_{name}" if name in self.reserved else name
+                    columns[col] = [None] * self.n
                 columns[col].append(v)
-            n += 1
+            self.n += 1
             for col in metric_cols.values():
-                if len(columns[col]) < n:
+                if len(columns[col]) < self.n:
                     columns[col].append(None)
+
+    def write(self, out: Path, keep_config: set[str] | None = None) -> int:
+        """Write the table atomically to ``out`` (config columns of ``keep_config`` only, when given);
+        the number of rows."""
+        if keep_config is not None:
+            for k in self.config_cols:
+                if k not in keep_config:
+                    del self.columns[self.cfg_col[k]]
+            self.cfg_col = {k: c for k, c in self.cfg_col.items() if k in keep_config}
+        return _write_columns(self.columns, self.metric_cols, self.cfg_col, self.n, out)
+
+
+def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]], config_cols: list[str],
+                out: Path) -> int:
+    """Write the long table (one row per metrics record) of ``records`` — (provenance, config,
+    metrics records) per run — atomically to ``out``; returns the number of rows. Shared by
+    ``sweep collect`` and anything that must write rows of the same schema (``sweep evaluate``)."""
+    table = TableBuilder(config_cols)
+    for prov, config, recs in records:
+        table.add(prov, config, recs)
+    return table.write(out)
+
+
+def _write_columns(columns: dict[str, list[Any]], metric_cols: dict[str, str], cfg_col: dict[str, str], n: int,
+                   out: Path) -> int:
+    """The columns -> typed Parquet (each stage let go once the next is built)."""
     df = pd.DataFrame(columns)
+    columns.clear()  # the DataFrame holds its own copy
     for c in ("started_at", "ended_at"):
         df[c] = pd.to_datetime(df[c], unit="s", utc=True)
     for c in ("task", "seed", "step", "length"):
@@ -233,6 +263,7 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
         if len(kinds) > 1 and not pd.api.types.is_numeric_dtype(df[c]):
             df[c] = df[c].map(lambda v: None if v is None else str(v))
     table = pa.Table.from_pandas(df, preserve_index=False)
+    del df
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(table, tmp)

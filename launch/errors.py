@@ -23,6 +23,13 @@ class SpecError(UserError):
         super().__init__(f"{where}: {message}")
 
 
+class SchedulerUnreachable(UserError):
+    """The SLURM controller does not answer: nothing was submitted or cancelled. One line, exit 3
+    (the code ``sweep status`` also ends with when it could show states from disk alone)."""
+
+    exit_code = 3
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, foreign, or unsafe to load."""
 

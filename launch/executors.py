@@ -65,6 +65,28 @@ def slurm_parameters(resources: dict[str, Any], job_name: str) -> dict[str, Any]
     return p
 
 
+CONTROLLER_PROBE_TIMEOUT_S = 5.0
+
+
+def controller_problem(timeout_s: float = CONTROLLER_PROBE_TIMEOUT_S) -> str | None:
+    """Why the SLURM controller cannot take commands now (None when it answers ``scontrol ping``).
+
+    One short probe, so a launch or cancel with the controller down ends in about a second:
+    sbatch/scancel/scontrol themselves retry for ~9 s each (MessageTimeout), submitit again on top."""
+    try:
+        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s)
+    except FileNotFoundError:
+        return "scontrol not found (is SLURM installed here?)"
+    except subprocess.TimeoutExpired:
+        return f"scontrol ping got no answer in {timeout_s:g} s"
+    except OSError as e:
+        return f"scontrol ping: {e}"
+    if p.returncode == 0 and " is UP" in p.stdout:
+        return None
+    lines = [x.strip() for x in (p.stdout + "\n" + p.stderr).splitlines() if x.strip() and "*" not in x]
+    return f"scontrol ping: {lines[0] if lines else f'exit {p.returncode}'}"
+
+
 def max_array_size() -> int:
     """The cluster's MaxArraySize (``scontrol show config``); SLURM's default if unreadable."""
     try:
@@ -250,8 +272,9 @@ class SlurmBackend:
             with _sigint_deferred():  # an array sbatch took is recorded before Ctrl-C stops the launch
                 try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
                     with contextlib.redirect_stderr(io.StringIO()), ex.batch():
-                        jobs = [ex.submit(RunUnit(str(self.store.root), unit,
-                                                  {r: infos[r] for r in unit if r in infos})) for unit in chunk]
+                        jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos},
+                                                  60 * int(self.params["time"]), self.params.get("signal_delay_s")))
+                                for unit in chunk]
                 except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                     msg = str(e).strip().splitlines()[-1] if str(e).strip() else e
                     raise UserError(f"sbatch failed: {msg}") from None

@@ -19,8 +19,9 @@ from typing import Any
 
 from launch import status as stt
 from launch import store as st
-from launch.errors import SpecError, UserError
+from launch.errors import SchedulerUnreachable, SpecError, UserError
 from launch.executors import (
+    DEFAULT_MAX_ARRAY_SIZE,
     DEFAULT_TIME_MIN,
     ClusterLimits,
     LocalBackend,
@@ -28,14 +29,16 @@ from launch.executors import (
     Submitted,
     chunks,
     cluster_limits,
+    controller_problem,
     max_array_size,
     render_sbatch,
     signal_lead_s,
     slurm_parameters,
 )
+from launch.snapshot import make_snapshot, plan_snapshot, python_path, setup_line
 from launch.spec import Spec
 from launch.spec_set import SpecSet, as_set
-from launch.store import Store, record_jobs, write_json
+from launch.store import Store, compact_jobs, record_jobs, write_json
 from launch.tasks import Run
 
 
@@ -110,8 +113,8 @@ def _finished_since(store: Store, run: Run) -> bool:
 
 
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
-           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None, concurrency: int | None = None,
-           echo: Any = print) -> LaunchPlan:
+           retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None,
+           concurrency: int | None = None, echo: Any = print, snapshot: bool = True) -> LaunchPlan:
     sset = as_set(spec)
     store = Store(sset.root)
     parts = sset.by_part(runs)  # part name -> its runs: the manifests, locks and jobs files are per part
@@ -125,12 +128,21 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
     check_signal_lead(sset, resources or {})
 
-    limits = cluster_limits(res.get("qos")) if cluster == "slurm" else None
+    down = controller_problem() if cluster == "slurm" else None
+    if down and not dry_run:  # one probe, not sbatch's and submitit's retries (18 s and more)
+        raise SchedulerUnreachable(f"sweep launch: the SLURM controller does not answer ({down}); "
+                                   "nothing submitted")
+    limits = cluster_limits(res.get("qos")) if cluster == "slurm" and not down else None
     check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
+        if down:
+            echo(f"warning: the SLURM controller does not answer ({down}); cluster limits not checked, "
+                 f"MaxArraySize taken as SLURM's default {DEFAULT_MAX_ARRAY_SIZE}")
         p = plan(sset, runs, store, retry_failed, query=cluster == "slurm", retry=retry)
         check_cluster(sset, resources or {}, len(p.units), limits)
-        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits)
+        _print_plan(sset, runs, p, cluster, res, store, concurrency, echo, limits,
+                    array_size=DEFAULT_MAX_ARRAY_SIZE if down else None,
+                    code=plan_snapshot(store) if snapshot else None)
         return p
 
     with contextlib.ExitStack() as locks:
@@ -143,18 +155,27 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             echo(f"nothing to submit: {_fmt_skipped(p.skipped)}")
             return p
         check_cluster(sset, resources or {}, len(p.units), limits)
+        old_manifests = {name: store.read_manifest(name) for name in parts}
+        for name, part_runs in parts.items():
+            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
+        try:
+            code, code_dir = make_snapshot(store) if snapshot else (None, None)
+        except BaseException:  # e.g. no space left: nothing was launched
+            _restore_manifests(store, old_manifests)
+            raise
         if cluster == "slurm":
-            backend: SlurmBackend | LocalBackend = SlurmBackend(store, slurm_parameters(res, sset.name))
+            params = slurm_parameters(res, sset.name)
+            if code_dir is not None:  # in the sbatch script: a requeue runs the same snapshot
+                params["setup"] = [setup_line(code_dir), *params.get("setup", [])]
+            backend: SlurmBackend | LocalBackend = SlurmBackend(store, params)
             array_size = max_array_size()
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
-        old_manifests = {name: store.read_manifest(name) for name in parts}
-        for name, part_runs in parts.items():
-            store.write_manifest(name, os.path.abspath(sset.part(name).file), part_runs, old_manifests[name])
         previous = {r.rel_dir: store.state(r) for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues,
-                                           sset.part(r.spec).fail_on_nonfinite_loss)
+                                           sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on,
+                                           code)
                  for r in p.to_submit}
         part_of = {r.rel_dir: r.spec for r in p.to_submit}
         for r in p.to_submit:
@@ -175,8 +196,12 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
             done.update(jobs)
 
         try:
-            submitted = backend.submit(p.units, array_size, infos, accepted)
+            with python_path(code_dir if cluster == "local" else None):  # the local workers import from it
+                submitted = backend.submit(p.units, array_size, infos, accepted)
         except BaseException:
+            for name in parts:
+                with contextlib.suppress(OSError):  # else the log stays: read_jobs reads it all the same
+                    compact_jobs(store, name)
             for r in p.to_submit:  # leave the runs that were not submitted as they were
                 if previous[r.rel_dir] and r.rel_dir not in done:
                     write_json(store.run_dir(r) / st.STATE_FILE, previous[r.rel_dir])
@@ -184,12 +209,10 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
                 echo(f"{len(done)} of {len(p.to_submit)} runs were submitted before this failure (recorded); "
                      f"launching again submits the rest")
             else:
-                for name, old_manifest in old_manifests.items():
-                    if old_manifest:
-                        write_json(store.manifest_path(name), old_manifest)
-                    else:  # nothing launched: the spec may still be edited freely
-                        store.manifest_path(name).unlink(missing_ok=True)
+                _restore_manifests(store, old_manifests)
             raise
+        for name in parts:
+            compact_jobs(store, name)
         # a run whose job started before the jobs file was written has its own state.json already
         ids = sorted({s.job_id.split("_")[0] for s in submitted})
         what = f"{len(ids)} job array(s) {', '.join(ids[:5])}{'…' if len(ids) > 5 else ''}" \
@@ -197,6 +220,15 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         echo(f"submitted {len(p.to_submit)} runs in {len(p.units)} jobs to {what}"
              + (f"; skipped {_fmt_skipped(p.skipped)}" if p.skipped else ""))
         return p
+
+
+def _restore_manifests(store: Store, old_manifests: dict[str, dict[str, Any] | None]) -> None:
+    """Put the manifests back as they were before a launch that submitted nothing."""
+    for name, old_manifest in old_manifests.items():
+        if old_manifest:
+            write_json(store.manifest_path(name), old_manifest)
+        else:  # nothing launched: the spec may still be edited freely
+            store.manifest_path(name).unlink(missing_ok=True)
 
 
 def check_signal_lead(sset: SpecSet, flags: dict[str, Any]) -> None:
@@ -260,7 +292,8 @@ def _fmt_skipped(skipped: dict[str, int]) -> str:
 
 
 def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res: dict[str, Any], store: Store,
-                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None) -> None:
+                concurrency: int | None, echo: Any, limits: ClusterLimits | None = None,
+                array_size: int | None = None, code: tuple[str, Any] | None = None) -> None:
     kind = f"composite of {len(sset.parts)} specs, " if sset.composite else ""
     echo(f"spec {sset.name} ({sset.file}): {kind}experiment {sset.experiment_name}, {len(runs)} runs in "
          f"{len({r.group for r in runs})} groups, tree {store.root}")
@@ -280,15 +313,19 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
     echo(f"would submit {len(p.to_submit)} runs as {len(p.units)} jobs" +
          (f"; skip {_fmt_skipped(p.skipped)}" if p.skipped else ""))
     if cluster == "slurm":
-        size = max_array_size()
+        size = array_size or max_array_size()
         arrays = chunks(p.units, size)
         echo(f"job arrays (MaxArraySize {size}): " + (", ".join(
             f"#{i}: {len(a)} elements (offset {i * size})" for i, a in enumerate(arrays)) or "none"))
         params = slurm_parameters(res, sset.name)
+        if code is not None:
+            params["setup"] = [setup_line(code[1]), *params.get("setup", [])]
         echo("sbatch parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         echo(f"time limit: {params['time']} min per job; SLURM signals it {params['signal_delay_s']} s before the "
              f"limit (USR2: checkpoint and requeue)")
         echo(f"submitit folder: {store.submitit_dir().absolute()}")
+        echo(f"code: a snapshot of the packages' sources, {code[1]} (hash {code[0]}; --no-snapshot: the live "
+             "checkout)" if code else "code: the live checkout (--no-snapshot)")
         if limits is not None:
             name = res.get("partition") or limits.default_partition
             max_time = limits.partitions.get(name) if name else None
@@ -306,5 +343,7 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
     else:
         echo(f"local executor: at most {concurrency or res.get('local_concurrency') or os.cpu_count()} "
              f"runs at once")
+        echo(f"code: a snapshot of the packages' sources, {code[1]} (hash {code[0]})" if code else
+             "code: the live checkout (--no-snapshot)")
     if p.warning:
         echo(f"warning: {p.warning}")

@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -26,6 +27,7 @@ import submitit
 from launch import store as st
 from launch.experiment import METRICS_FILE, RunContext, load_experiment, open_append, with_later_params
 from launch.provenance import git_commit
+from launch.snapshot import running_snapshot
 from launch.store import Store, read_json
 
 
@@ -84,7 +86,7 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
         print(f"sweep: {run_dir}/{st.RUN_FILE} is missing or corrupt; skipping", file=sys.stderr)
         return None
     state = store.state(rel_dir)
-    if state.get("state") == st.COMPLETED:
+    if state.get("state") in (st.COMPLETED, st.PREEMPTED, st.NODE_FAIL):  # the last two: not to be requeued
         return None
     links = [name for name in (st.LOG_FILE, METRICS_FILE) if (run_dir / name).is_symlink()]
     if links:  # appending to it would write wherever it points
@@ -94,7 +96,12 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
         return None
     if state.get("state") == st.RUNNING:
         # the last attempt died without a word (scontrol requeue, node failure, SIGKILL):
-        # this start is a requeue too
+        # this start is a requeue too, unless the scheduler ended it in a way the spec does not retry
+        ended = _previous_end(info)
+        if ended is not None:
+            store.update_state(rel_dir, state=ended, ended_at=time.time(), error=f"scheduler: {ended.upper()}; not "
+                               f"requeued (retry_on: {info.get('retry_on')}); --retry {ended} resubmits it")
+            return None
         state = store.update_state(rel_dir, state=st.REQUEUED, requeues=state.get("requeues", 0) + 1)
     max_requeues = int(info.get("max_requeues", 5))
     if state.get("requeues", 0) > max_requeues:
@@ -105,11 +112,33 @@ def _start(store: Store, rel_dir: str) -> tuple[dict[str, Any], dict[str, Any], 
     store.update_state(rel_dir, state=st.RUNNING, job_id=current_job_id(), host=socket.gethostname(),
                        pid=os.getpid(), started_at=state.get("started_at") or t0, attempt_started_at=t0,
                        attempts=state.get("attempts", 0) + 1, error=None, git_commit=git_commit(),
+                       code_snapshot=(running_snapshot() or {}).get("hash"),  # None: run from the checkout
                        run_key=info.get("run_key"))  # the identity, so status need not read run.json
     return info, state, t0
 
 
+def _previous_end(info: dict[str, Any]) -> str | None:
+    """How SLURM ended this job's previous run when that was a node failure or a preemption the run's
+    ``retry_on`` leaves out (``sacct -D`` keeps a requeued job's earlier records); else None."""
+    retry_on = info.get("retry_on")
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") and \
+        f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}" or os.environ.get("SLURM_JOB_ID")
+    if not isinstance(retry_on, list) or not job or {"node_fail", "preempted"} <= set(retry_on):
+        return None
+    try:
+        p = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True,
+                           text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
+    previous = words[-2] if len(words) >= 2 else None  # the last record is this run of the job
+    ended = {"NODE_FAIL": st.NODE_FAIL, "PREEMPTED": st.PREEMPTED}.get(previous or "")
+    return ended if ended is not None and ended not in retry_on else None
+
+
 def _finish(store: Store, rel_dir: str, state: dict[str, Any], t0: float, error: str | None) -> None:
+    if store.state(rel_dir).get("state") in (st.PREEMPTED, st.NODE_FAIL):  # RunUnit.checkpoint ended it so
+        return
     fields: dict[str, Any] = {"ended_at": time.time(), "wall_s": state.get("wall_s", 0.0) + time.time() - t0}
     if error is None:
         store.update_state(rel_dir, state=st.COMPLETED, **fields)
@@ -248,12 +277,16 @@ def _as_list(results: list[bool], owned: list[str], rel_dirs: list[str]) -> list
 class RunUnit(submitit.helpers.Checkpointable):
     """A job's work: run each directory in turn; fail the job if any run failed."""
 
-    def __init__(self, root: str, rel_dirs: list[str], infos: dict[str, dict[str, Any]] | None = None):
+    def __init__(self, root: str, rel_dirs: list[str], infos: dict[str, dict[str, Any]] | None = None,
+                 time_limit_s: int | None = None, signal_lead_s: int | None = None):
         self.root = root
         self.rel_dirs = rel_dirs
         self.infos = infos
+        self.time_limit_s, self.signal_lead_s = time_limit_s, signal_lead_s
+        self.started_at: float | None = None
 
     def __call__(self) -> list[str]:
+        self.started_at = time.time()
         limit_threads()
         ok = run_unit(Path(self.root), self.rel_dirs, self.infos)
         failed = [rel for rel, good in zip(self.rel_dirs, ok) if not good]
@@ -261,14 +294,33 @@ class RunUnit(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{len(failed)} of {len(self.rel_dirs)} runs failed: {', '.join(failed[:5])}")
         return self.rel_dirs
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+    def preempted(self) -> bool:
+        """The USR2 came well before the time limit's signal: a preemption, not the time limit. (SLURM
+        checks limits every 30 s, so the limit's signal may come up to that much early.)"""
+        if self.started_at is None or self.time_limit_s is None:
+            return False
+        return time.time() - self.started_at < self.time_limit_s - (self.signal_lead_s or 0) - 45
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """At the time limit, or preempted: mark the unfinished runs requeued and requeue the job; a
+        preemption whose runs' ``retry_on`` leaves it out ends them ``preempted`` instead."""
         store = Store(Path(self.root))
+        preempted = self.preempted()
+        requeue = False
         for rel in self.rel_dirs:
             s = store.state(rel)
-            if s.get("state") == st.RUNNING:
-                store.update_state(rel, state=st.REQUEUED, requeues=s.get("requeues", 0) + 1,
-                                   wall_s=s.get("wall_s", 0.0) + time.time() - s.get("attempt_started_at", time.time()))
-        return super().checkpoint(*args, **kwargs)
+            if s.get("state") != st.RUNNING:
+                continue
+            wall = s.get("wall_s", 0.0) + time.time() - s.get("attempt_started_at", time.time())
+            retry_on = (read_json(store.run_dir(rel) / st.RUN_FILE) or {}).get("retry_on")
+            if preempted and isinstance(retry_on, list) and "preempted" not in retry_on:
+                store.update_state(rel, state=st.PREEMPTED, ended_at=time.time(), wall_s=wall,
+                                   error=f"preempted; not requeued (retry_on: {retry_on}); --retry preempted "
+                                         "resubmits it")
+            else:
+                store.update_state(rel, state=st.REQUEUED, requeues=s.get("requeues", 0) + 1, wall_s=wall)
+                requeue = True
+        return super().checkpoint(*args, **kwargs) if requeue else None
 
 
 class LocalWorker:

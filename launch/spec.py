@@ -20,7 +20,7 @@ from launch.experiment import Experiment, load_experiment
 
 TOP_KEYS = {"experiment", "name", "root", "group", "path", "fixed", "axes", "seeds",
             "resources", "wandb", "pack", "max_requeues", "description", "gates", "max_runs",
-            "fail_on_nonfinite_loss"}
+            "fail_on_nonfinite_loss", "headline", "retry_on"}
 # a grid larger than this is refused from its axis lengths alone (the spec's max_runs raises it)
 DEFAULT_MAX_RUNS = 1_000_000
 AXIS_KEYS = {"params", "param", "values", "group", "name"}
@@ -31,6 +31,9 @@ RESOURCE_KEYS = {
 }
 WANDB_KEYS = {"project": str, "entity": str, "mode": str, "tags": list}
 WANDB_MODES = {"online", "offline", "disabled"}
+# the end states a spec may have requeued automatically (retry_on:), and its default
+RETRYABLE = ("node_fail", "preempted", "timeout")
+DEFAULT_RETRY_ON = ("node_fail", "preempted")
 # names the templates may use besides config parameters
 TEMPLATE_NAMES = {"task", "seed", "group", "run_key"}
 
@@ -85,6 +88,10 @@ class Spec:
     pack: int | str = 1
     max_requeues: int = 5
     fail_on_nonfinite_loss: bool = True  # a training loss that becomes NaN/inf ends the run failed
+    # the metric `status -v` shows, "<split>/<name>" (presentation only: not part of any run key)
+    headline: str | None = None
+    # end states whose runs the job requeues itself, up to max_requeues (never OOM or a code error)
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
     experiment: Experiment | None = field(default=None, repr=False)
 
     @property
@@ -238,6 +245,23 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     if not isinstance(nonfinite, bool):
         raise SpecError(file, "fail_on_nonfinite_loss", f"must be true or false, got {nonfinite!r}")
 
+    headline = raw.get("headline")
+    if headline is not None:
+        split, _, metric = str(headline).partition("/") if isinstance(headline, str) else ("", "", "")
+        if not (split.strip() and metric.strip()):
+            raise SpecError(file, "headline", f"must be '<split>/<metric>' as the runs log it (e.g. "
+                                              f"gen/exact_match_acc), got {_tname(headline)} {headline!r}")
+    retry_on = raw.get("retry_on", list(DEFAULT_RETRY_ON))
+    if not isinstance(retry_on, list):
+        raise SpecError(file, "retry_on", f"must be a list of states (any of: {', '.join(RETRYABLE)}), "
+                                          f"got {_tname(retry_on)} {retry_on!r}")
+    for i, state in enumerate(retry_on):
+        if state not in RETRYABLE:
+            why = " (a run out of memory or failing in its code fails the same way again)" \
+                if state in ("out_of_memory", "failed", "cancelled") else ""
+            raise SpecError(file, f"retry_on[{i}]", f"{state!r} cannot be retried automatically{why}; "
+                                                    f"use any of: {', '.join(RETRYABLE)}")
+
     spec_root = _expect(raw.get("root", "checkpoints"), str, file, "root")  # checked also when --root wins
     if not spec_root.strip():
         raise SpecError(file, "root", "is empty (leave it out for ./checkpoints)")
@@ -245,7 +269,7 @@ def parse_spec(raw: Any, file: str = "<spec>", default_name: str = "spec",
     return Spec(file=file, name=name, experiment_name=exp_name, root=root_path, group_template=group_t,
                 path_template=path_t, fixed=fixed, axes=axes, seeds=list(seeds_raw), resources=resources,
                 wandb=wandb, pack=pack, max_requeues=max_requeues, fail_on_nonfinite_loss=nonfinite,
-                experiment=exp)
+                headline=headline, retry_on=tuple(dict.fromkeys(retry_on)), experiment=exp)
 
 
 def _check_grid_size(raw: dict[str, Any], axes: list[Axis], n_seeds: int, file: str) -> None:

@@ -9,17 +9,19 @@ one ``sacct`` call for all jobs, ``squeue`` when accounting is off, disk alone
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from launch import store as st
 from launch.executors import is_local_worker, local_queue_alive
 from launch.experiment import PROGRESS_FILE
-from launch.store import Store, read_jobs, read_json, read_state
+from launch.store import Store, read_cancelled, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
@@ -31,6 +33,8 @@ CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED = (
 FAILURES = [FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED]
 STATES = [NOT_SUBMITTED, PENDING, RUNNING, REQUEUED, COMPLETED, *FAILURES]
 ACTIVE = {PENDING, RUNNING, REQUEUED}
+CANCELLED_BY_SWEEP = "cancelled by sweep cancel"
+CANCELLED_BEFORE_START = "cancelled by sweep cancel before it started"
 
 # SLURM job states -> ours
 _SLURM = {
@@ -55,15 +59,72 @@ class RunStatus:
     reason: str | None = None
     step: int | None = None
     total: int | None = None
-    last_metric: str | None = None
+    headline: str | None = None  # the spec's headline metric, "<split>/<name>"
+    headline_value: float | None = None  # its value at the last step logged (mean over lengths)
+    headline_step: int | None = None
     updated_at: float | None = None
 
-    def row(self) -> dict[str, Any]:
-        return {"rel_dir": self.run.rel_dir, "group": self.run.group, "task": self.run.task,
-                "seed": self.run.seed, "run_key": self.run.run_key, "state": self.state, "job_id": self.job_id,
+    def row(self, root: Path | None = None, varying: list[str] | None = None) -> dict[str, Any]:
+        """One run as `status -v`/`--json` show it: ``run_dir`` is what `sweep logs` takes, ``params`` the
+        parameters that vary between the runs shown (``varying``; all the run's axis values if None)."""
+        params = self.run.params if varying is None else \
+            {k: (self.run.seed if k == "seed" else self.run.params.get(k)) for k in varying}
+        return {"rel_dir": self.run.rel_dir, "run_dir": str((root or Path()) / self.run.rel_dir),
+                "group": self.run.group, "task": self.run.task, "seed": self.run.seed, "run_key": self.run.run_key,
+                "params": params, "state": self.state, "job_id": self.job_id,
                 "scheduler_state": self.scheduler_state, "reason": self.reason, "step": self.step,
-                "total": self.total, "last_metric": self.last_metric,
+                "total": self.total, "headline": self.headline, "headline_value": self.headline_value,
+                "headline_step": self.headline_step,
                 "age_s": None if self.updated_at is None else round(time.time() - self.updated_at, 1)}
+
+
+def varying_params(runs: list[Run]) -> list[str]:
+    """The parameters that take more than one value among ``runs`` (axis order; ``seed`` last)."""
+    values: dict[str, set[Any]] = {}
+    for r in runs:
+        for k, v in r.params.items():
+            values.setdefault(k, set()).add((type(v), v) if isinstance(v, (str, int, float, bool)) or v is None
+                                            else json.dumps(v, sort_keys=True, default=str))
+    names = [k for k, vs in values.items() if len(vs) > 1 or any(k not in r.params for r in runs)]
+    return names + (["seed"] if len({r.seed for r in runs}) > 1 else [])
+
+
+def status_table(rows: list[dict[str, Any]], varying: list[str], headline: str | None) -> list[str]:
+    """`status -v`: a header, then one line per run (and its reason below it, when there is one)."""
+    cols = ["state", *varying, "step", "age", *([headline] if headline else []), "job", "run dir"]
+    cells = []
+    for r in rows:
+        prog = f"{r['step']}/{r['total']}" if r.get("step") is not None else "-"
+        value = r.get("headline_value")
+        shown = "-" if value is None else f"{value:.4g}" + (f" @{r['headline_step']}" if r.get("headline_step")
+                                                               is not None else "")
+        cells.append([r["state"], *(_cell(r["params"].get(k)) for k in varying), prog, _age(r.get("age_s")),
+                      *([shown] if headline else []), r.get("job_id") or "-", r["run_dir"]])
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    for r, row in zip(rows, cells):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if r.get("reason"):
+            out.append(f"    reason: {r['reason']}")
+    return out
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else json.dumps(v) if isinstance(v, (bool, list, dict)) else str(v)
+
+
+def _age(s: float | None) -> str:
+    if s is None:
+        return "-"
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s / n:.0f}{unit}"
+    return f"{s:.0f}s"
+
+
+class DiskAlone(str):
+    """The warning of a status whose SLURM jobs' states are from disk alone: the scheduler was asked
+    and did not answer (``sweep status`` then exits 3)."""
 
 
 def _expand_array(jobid: str) -> list[str]:
@@ -116,20 +177,28 @@ def query_slurm(job_ids: set[str]) -> tuple[dict[str, str], str | None]:
         err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
     except (OSError, subprocess.TimeoutExpired) as e:
         err = str(e)
-    return {}, f"scheduler unreachable (sacct: {sacct_err}; squeue: {err}); states are from disk alone"
+    return {}, DiskAlone(f"scheduler unreachable (sacct: {sacct_err}; squeue: {err}); states are from disk alone")
 
 
-def run_statuses(store: Store, runs: list[Run], query: bool = True,
-                 details: bool = False) -> tuple[list[RunStatus], str | None]:
-    disk = {r.rel_dir: read_state(store.run_dir(r) / st.STATE_FILE) for r in runs}
+def run_statuses(store: Store, runs: list[Run], query: bool = True, details: bool = False,
+                 headlines: dict[str, str | None] | None = None) -> tuple[list[RunStatus], str | None]:
+    """Every run's status, and a warning when the scheduler could not say. ``details``: step/total, age
+    and the headline metric (``headlines``: spec name -> its ``headline:``) too."""
+    base = os.fspath(store.root)  # plain strings: pathlib's joins cost a second per 50,000 runs
+    disk = {r.rel_dir: read_state(os.path.join(base, r.rel_dir, st.STATE_FILE)) for r in runs}
     jobs: dict[str, str] = {}
+    cancelled: dict[str, str] = {}
     for spec in sorted({r.spec for r in runs}):
         jobs.update(read_jobs(store, spec))
+        cancelled.update(read_cancelled(store, spec))
     for rel, d in disk.items():  # the latest submission's id wins over what a run recorded
         if rel not in jobs:
             continue
-        if not d:  # submitted, not started: the launcher writes no state.json for fresh runs
-            disk[rel] = {"state": st.SUBMITTED, "job_id": jobs[rel]}
+        if not d and cancelled.get(rel) == jobs[rel]:  # sweep cancel stopped it before it started
+            disk[rel] = {"state": st.CANCELLED, "job_id": jobs[rel], "error": CANCELLED_BEFORE_START,
+                         "_unstarted": True}
+        elif not d:  # submitted, not started: the launcher writes no state.json for fresh runs
+            disk[rel] = {"state": st.SUBMITTED, "job_id": jobs[rel], "_unstarted": True}
         elif not d.get("_corrupt"):
             d["job_id"] = jobs[rel]
     slurm_ids = {d["job_id"] for d in disk.values()
@@ -148,7 +217,7 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
         dstate = d.get("state")
         # run.json exists only once the run started, and then so does state.json, where the job
         # also records its run key (one file read fewer per run at 10,000 runs)
-        info = _identity(store, r, d) if disk[r.rel_dir] else None
+        info = _identity(store, r, d) if d and not d.get("_unstarted") else None
         foreign = store.identity_problem(r, manifests[r.spec], info)
         if foreign:  # another run's files: none of them is this run's state
             s.state, s.reason = FAILED, foreign
@@ -162,6 +231,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
             s.state, s.reason = FAILED, _last_line(d.get("error"))
         elif dstate == st.CANCELLED:
             s.state, s.reason = CANCELLED, _last_line(d.get("error"))
+        elif dstate in (st.PREEMPTED, st.NODE_FAIL):  # not requeued: the spec's retry_on leaves it out
+            s.state, s.reason = {st.PREEMPTED: PREEMPTED, st.NODE_FAIL: NODE_FAIL}[dstate], _last_line(d.get("error"))
         elif dstate in (st.SUBMITTED, st.RUNNING, st.REQUEUED):
             jid = str(d.get("job_id") or "")
             if jid.startswith("local:"):
@@ -171,7 +242,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
                 gone = alive is False or (dstate == st.RUNNING and _died_here(d))
                 now = _ended_now(store, r) if gone else None
                 if now is not None:  # the worker finished the run and exited after its files were read
-                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED}[now["state"]]
+                    s.state = {st.COMPLETED: COMPLETED, st.FAILED: FAILED, st.CANCELLED: CANCELLED,
+                               st.PREEMPTED: PREEMPTED, st.NODE_FAIL: NODE_FAIL}[now["state"]]
                     s.reason = None if s.state == COMPLETED else _last_line(now.get("error"))
                 elif alive is False:
                     s.state, s.reason = FAILED, "local worker exited before the run finished"
@@ -200,10 +272,12 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True,
         if s.reason is None and d.get("corrupt_resume_states"):
             s.reason = _recovered(d["corrupt_resume_states"])
         if details:
-            prog = read_json(store.run_dir(r) / PROGRESS_FILE) or {}
+            prog = read_json(os.path.join(base, r.rel_dir, PROGRESS_FILE)) or {}
             s.step = prog.get("step")
             s.total = prog.get("total")
-            s.last_metric = _last_metric(store, r)
+            s.headline = (headlines or {}).get(r.spec)
+            if s.headline:
+                s.headline_value, s.headline_step = headline_value(store, r, s.headline)
             s.updated_at = max(filter(None, [s.updated_at, prog.get("time")]), default=None)
         out.append(s)
     return out, warning
@@ -265,28 +339,37 @@ def _last_line(text: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
-def _last_metric(store: Store, r: Run) -> str | None:
-    path = store.run_dir(r) / "metrics.jsonl"
+def headline_value(store: Store, r: Run, headline: str, tail_bytes: int = 65536) -> tuple[float | None, int | None]:
+    """The headline metric (``<split>/<name>``) at the last step the run logged it, and that step: the
+    mean over the lengths logged at that step (gen/exact_match_acc of K 17..32); (None, None) when the
+    end of metrics.jsonl holds none."""
+    split, _, name = headline.partition("/")
     try:
-        with open(path, "rb") as f:
+        with open(os.path.join(store.root, r.rel_dir, "metrics.jsonl"), "rb") as f:
             f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            lines = f.read().decode(errors="replace").strip().splitlines()
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
-        return None
+        return None, None
+    step, values = None, []
     for line in reversed(lines):
+        if f'"{name}"' not in line or f'"{split}"' not in line:  # most lines: no JSON parse
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("metrics"), dict) or not isinstance(rec.get("split"), str):
+        if not isinstance(rec, dict) or rec.get("split") != split or not isinstance(rec.get("metrics"), dict):
             continue
-        name, value = next(iter(rec["metrics"].items()), (None, None))
-        if name is None:
+        value = rec["metrics"].get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        where = f"{rec['split']}" + (f"/K{rec['length']}" if rec.get("length") is not None else "")
-        return f"{where}/{name}={value:.4g}" if isinstance(value, float) else f"{where}/{name}={value}"
-    return None
+        if step is None:
+            step = rec.get("step")
+        elif rec.get("step") != step:
+            break
+        values.append(float(value))
+    return (sum(values) / len(values), step) if values else (None, None)
 
 
 def counts(statuses: list[RunStatus]) -> dict[str, int]:

@@ -5,6 +5,9 @@ Layout under the tree root::
     <root>/.sweep/manifests/<spec>.json   run dir -> run key, written at first launch
     <root>/.sweep/locks/<spec>.lock       held while launching (one submit per run)
     <root>/.sweep/submitit/               submitit's folder (pickles, stdout/stderr)
+    <root>/.sweep/jobs/<spec>.json        run dir -> job id of its latest submission
+    <root>/.sweep/cancelled/<spec>.json   run dir -> job id, for runs `sweep cancel` stopped before
+                                          they started (they have no directory of their own)
     <root>/<run dir>/run.json             identity + resolved config (plain JSON)
     <root>/<run dir>/state.json           state, job id, attempts, times, error tail
     <root>/<run dir>/progress.json        step / total, updated while running
@@ -41,7 +44,10 @@ COMPLETED = "completed"
 FAILED = "failed"
 REQUEUED = "requeued"
 CANCELLED = "cancelled"  # by sweep cancel
-ENDED = (COMPLETED, FAILED, CANCELLED)
+# the scheduler ended the job and the spec's retry_on did not have it requeued (the job wrote it)
+PREEMPTED = "preempted"
+NODE_FAIL = "node_fail"
+ENDED = (COMPLETED, FAILED, CANCELLED, PREEMPTED, NODE_FAIL)
 
 
 def write_json(path: Path | str, data: Any) -> None:
@@ -62,10 +68,11 @@ def write_json(path: Path | str, data: Any) -> None:
         raise
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path | str) -> dict[str, Any] | None:
     """A harness JSON file (always an object); None when missing, ``{"_corrupt": True}`` when unreadable."""
     try:
-        data = json.loads(path.read_text())
+        with open(path, encoding="utf-8") as f:
+            data = json.loads(f.read())
     except (FileNotFoundError, NotADirectoryError):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -79,7 +86,7 @@ _NUMBER = (int, float)
 STATE_FIELDS: dict[str, Any] = {
     "state": str, "job_id": str, "attempts": int, "requeues": int, "host": str, "pid": int, "git_commit": str,
     "started_at": _NUMBER, "attempt_started_at": _NUMBER, "ended_at": _NUMBER, "wall_s": _NUMBER,
-    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str,
+    "updated_at": _NUMBER, "submitted_at": _NUMBER, "error": str, "cluster": str, "run_key": str, "code_snapshot": str,
     "corrupt_resume_states": list,
 }
 
@@ -94,7 +101,7 @@ def state_problem(state: dict[str, Any]) -> str | None:
     return None
 
 
-def read_state(path: Path) -> dict[str, Any] | None:
+def read_state(path: Path | str) -> dict[str, Any] | None:
     """A state.json: None when missing; ``{"_corrupt": True, "_why": ...}`` when unreadable or when a
     field has the wrong type."""
     data = read_json(path)
@@ -202,10 +209,17 @@ class Store:
 
     @staticmethod
     def run_info(run: Run, wandb: dict[str, Any] | None, max_requeues: int,
-                 fail_on_nonfinite_loss: bool = True) -> dict[str, Any]:
-        """What run.json holds: identity, resolved config, and how the job should treat it."""
-        return {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
+                 fail_on_nonfinite_loss: bool = True, retry_on: list[str] | tuple[str, ...] | None = None,
+                 code: str | None = None) -> dict[str, Any]:
+        """What run.json holds: identity, resolved config, and how the job should treat it
+        (``retry_on``: the scheduler's ends it requeues itself; ``code``: the launch's code snapshot)."""
+        info = {**run.to_json(), "wandb": wandb, "max_requeues": max_requeues,
                 "fail_on_nonfinite_loss": fail_on_nonfinite_loss}
+        if retry_on is not None:
+            info["retry_on"] = list(retry_on)
+        if code is not None:
+            info["code_snapshot"] = code
+        return info
 
     def write_run_info(self, rel_dir: str, info: dict[str, Any]) -> bool:
         """Create the run directory with its run.json. Done by the job when it first
@@ -297,15 +311,65 @@ def jobs_path(store: Store, spec: str) -> Path:
     return store.meta / "jobs" / f"{spec}.json"
 
 
+def jobs_log_path(store: Store, spec: str) -> Path:
+    return store.meta / "jobs" / f"{spec}.log"
+
+
 def read_jobs(store: Store, spec: str) -> dict[str, str]:
-    """run dir -> job id of its latest submission (one file per spec, so status reads one file)."""
+    """run dir -> job id of its latest submission: the spec's jobs file, then the arrays a launch has
+    appended to its log since (see :func:`record_jobs`), later entries winning."""
     data = read_json(jobs_path(store, spec))
-    if not data or data.get("_corrupt"):
-        return {}
-    return {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
+    out = {} if not data or data.get("_corrupt") else \
+        {rel: job for rel, job in data.items() if isinstance(job, str)}  # entries of another shape: ignored
+    try:
+        with open(jobs_log_path(store, spec)) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut short by a kill: that array's record is lost
+                    continue
+                if isinstance(entry, dict):
+                    out.update((rel, job) for rel, job in entry.items() if isinstance(job, str))
+    except FileNotFoundError:
+        pass
+    return out
 
 
 def record_jobs(store: Store, spec: str, jobs: dict[str, str]) -> None:
-    path = jobs_path(store, spec)
+    """Record the job ids of one accepted array: one line appended to the spec's jobs log, so a launch
+    of N arrays writes each id once (rewriting the jobs file per array was quadratic in the grid)."""
+    path = jobs_log_path(store, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {**read_jobs(store, spec), **jobs})
+    with open(path, "a") as f:
+        f.write(json.dumps(jobs, separators=(",", ":")) + "\n")
+
+
+def compact_jobs(store: Store, spec: str) -> None:
+    """Fold the jobs log into the jobs file (once per launch, under the spec's lock)."""
+    log = jobs_log_path(store, spec)
+    if not log.exists():
+        return
+    write_json(jobs_path(store, spec), read_jobs(store, spec))
+    log.unlink()
+
+
+def cancelled_path(store: Store, spec: str) -> Path:
+    return store.meta / "cancelled" / f"{spec}.json"
+
+
+def read_cancelled(store: Store, spec: str) -> dict[str, str]:
+    """run dir -> the job id ``sweep cancel`` cancelled before the run started. The entry holds only
+    while that job is the run's latest submission (a relaunch records another job id)."""
+    data = read_json(cancelled_path(store, spec))
+    if not data or data.get("_corrupt"):
+        return {}
+    return {rel: job for rel, job in data.items() if isinstance(job, str)}
+
+
+def record_cancelled(store: Store, spec: str, jobs: dict[str, str]) -> None:
+    """Note runs cancelled before they started: one file per spec, not a directory per run."""
+    if not jobs:
+        return
+    path = cancelled_path(store, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {**read_cancelled(store, spec), **jobs})

@@ -107,7 +107,8 @@ def _sweep_provenance(path: Path, tree: Path, cfg: dict[str, Any]) -> dict[str, 
     return {"spec": info.get("spec"), "experiment": info.get("experiment", "sortgpt"), "group": info.get("group"),
             "task": info.get("task"), "seed": info.get("seed", cfg.get("seed")), "run_key": info["run_key"],
             "run_dir": info.get("rel_dir") or _rel(path.parent, tree), "job_id": state.get("job_id"),
-            "git_commit": state.get("git_commit") or sidecar.get("git_commit"), "host": state.get("host"),
+            "git_commit": state.get("git_commit") or sidecar.get("git_commit"),
+            "code_snapshot": state.get("code_snapshot"), "host": state.get("host"),
             "started_at": state.get("started_at"), "ended_at": state.get("ended_at"),
             "wall_s": state.get("wall_s"), "state": state.get("state", "completed")}
 
@@ -136,7 +137,7 @@ def _reference_provenance(path: Path, tree: Path, cfg: dict[str, Any]) -> dict[s
     identity = {"dir": run_dir, "config": {k: v for k, v in cfg.items() if k != "device"}}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return {"spec": REFERENCE_SPEC, "experiment": "sortgpt", "group": group, "task": task, "seed": cfg.get("seed"),
-            "run_key": key, "run_dir": run_dir, "job_id": None, "git_commit": None, "host": None,
+            "run_key": key, "run_dir": run_dir, "job_id": None, "git_commit": None, "code_snapshot": None, "host": None,
             "started_at": None, "ended_at": None, "wall_s": None, "state": "completed"}
 
 

@@ -702,6 +702,22 @@ def download_from_missing_folder(tmp: Path) -> list[str]:
     return ["download", "--repo", "./nothing-here", "--to", "out"]
 
 
+@case("spec.yaml: headline: must be '<split>/<metric>'")
+def launch_headline_without_a_split(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\nheadline: exact_match_acc"), "--cluster", "local"]
+
+
+@case("spec.yaml: retry_on[1]: 'out_of_memory' cannot be retried automatically")
+def launch_retry_on_out_of_memory(tmp: Path) -> list[str]:
+    return ["launch", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\nretry_on: [preempted, out_of_memory]"),
+            "--cluster", "local", "--dry-run"]
+
+
+@case("spec.yaml: retry_on: must be a list of states")
+def status_retry_on_not_a_list(tmp: Path) -> list[str]:
+    return ["status", sortgpt_spec(tmp, "seeds: [1]", "seeds: [1]\nretry_on: node_fail")]
+
+
 # -- the tests ------------------------------------------------------------------------------------
 
 

@@ -47,6 +47,8 @@ def _launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_arrays: int, text
     runs = expand(spec)
     monkeypatch.setattr(launcher, "SlurmBackend", _failing_after(n_arrays))
     monkeypatch.setattr(launcher, "max_array_size", lambda: 5)
+    monkeypatch.setattr(launcher, "controller_problem", lambda: None)  # the backend above stands for SLURM
+    monkeypatch.setattr(launcher, "cluster_limits", lambda qos=None: None)
     with pytest.raises(UserError, match="QOSMaxSubmitJobPerUserLimit"):
         launcher.launch(spec, runs, "slurm", echo=lambda *_: None)
     return spec, runs, Store(spec.root)
@@ -99,3 +101,22 @@ def test_retry_rechecks_each_runs_own_files_under_the_lock(tmp_path: Path, monke
     p = launcher.plan(spec, runs, store, retry_failed=True, query=False)
     assert [r.rel_dir for r in p.to_submit] == [r.rel_dir for r in runs[1:]]
     assert p.skipped == {"completed": 1}
+
+
+def test_record_jobs_appends_each_array_once_and_a_launch_folds_them_into_one_file(tmp_path: Path):
+    """Recording 50 arrays of 1,000 ids writes each id once (a line per array), not the whole growing
+    file per array (quadratic: 50 rewrites of up to 50,000 ids); the launch then folds the log in."""
+    from launch.store import Store, compact_jobs, jobs_log_path, jobs_path, read_jobs, record_jobs
+
+    store = Store(tmp_path)
+    for a in range(50):
+        record_jobs(store, "big", {f"r{a}_{i}": f"{100 + a}_{i}" for i in range(1000)})
+        assert not jobs_path(store, "big").exists()
+    log = jobs_log_path(store, "big")
+    assert len(log.read_text().splitlines()) == 50
+    assert log.stat().st_size < 50 * 1000 * 30  # each id written once
+    record_jobs(store, "big", {"r0_0": "999_0"})  # a later submission of a run wins
+    jobs = read_jobs(store, "big")
+    assert len(jobs) == 50_000 and jobs["r0_0"] == "999_0" and jobs["r49_999"] == "149_999"
+    compact_jobs(store, "big")
+    assert not log.exists() and read_jobs(store, "big") == jobs

@@ -340,3 +340,43 @@ def test_slurm_dry_run_shows_fixed_parameters_time_signal_and_the_absolute_submi
     assert f"submitit folder: {folder}" in lines
     # the script is the one the launch submits: submitit takes the folder absolute
     assert out.rstrip().endswith(f"-m submitit.core._submit {folder}")
+
+
+def test_status_v_is_a_table_with_varying_params_run_dir_step_age_and_headline(tmp_path: Path):
+    """`status -v` reads without TASK_MAPPING.md: a header, the parameters that vary (not the fixed
+    ones), step/total, age, the spec's headline metric, and the run directory `sweep logs` takes.
+    `headline:` is presentation: it changes no run key, so adding it to a launched spec is no change."""
+    text = """
+experiment: noop
+group: "g{x}"
+path: "{group}/task_{task:04d}/seed{seed}"
+fixed: {steps: 3, step_sleep_s: 0.0}
+axes:
+  - {x: [0, 1], group: true}
+  - {label: [a, b]}
+seeds: [5]
+"""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root)
+    sweep("wait", spec, "--root", root, "--timeout", "120")
+    keys = {r["rel_dir"]: r["run_key"] for r in status_json(spec, root)["runs"]}
+    spec.write_text(text + "headline: val/accuracy\n")
+    assert "nothing to submit: 4 completed" in sweep("launch", spec, "--cluster", "local", "--root", root).stdout
+    out = sweep("status", spec, "--root", root, "-v").stdout.splitlines()
+    header = next(line for line in out if line.strip().startswith("state"))
+    assert header.split() == ["state", "x", "label", "step", "age", "val/accuracy", "job", "run", "dir"], header
+    assert "fixed (every run): steps=3, step_sleep_s=0.0" in out
+    rows = [line.split() for line in out[out.index(header) + 1:]]
+    assert len(rows) == 4 and all(r[0] == "completed" and r[3] == "3/3" for r in rows), rows
+    # the noop run's last val records (step 3): accuracy min(1, 3/3/length) for lengths 1, 2 -> mean 0.75
+    assert all(r[5] == "0.75" and r[6] == "@3" for r in rows), rows
+    assert {(r[1], r[2]) for r in rows} == {("0", "a"), ("0", "b"), ("1", "a"), ("1", "b")}
+    assert "==> " in sweep("logs", rows[0][-1]).stdout  # the run dir column is what `sweep logs` takes
+    data = status_json(spec, root)["runs"]
+    assert {r["rel_dir"]: r["run_key"] for r in data} == keys
+    r = data[0]
+    assert r["params"] == {"x": 0, "label": "a"} and r["headline"] == "val/accuracy"
+    assert (r["headline_value"], r["headline_step"], r["step"], r["total"]) == (0.75, 3, 3, 3), r
+    assert r["run_dir"] == str(root / r["rel_dir"]) and r["age_s"] is not None

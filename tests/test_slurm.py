@@ -196,7 +196,8 @@ def test_status_falls_back_to_squeue_then_disk(slurm, tmp_path: Path):
         (shims / tool).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
                                   "exit 1\n")
         (shims / tool).chmod(0o755)
-    p = sweep("status", spec, "--root", root, "--json", env=env)
+    p = sweep("status", spec, "--root", root, "--json", env=env, check=False)
+    assert p.returncode == 3  # states from disk alone: a distinct exit code
     assert "scheduler unreachable" in p.stderr and "from disk alone" in p.stderr
     assert json.loads(p.stdout)["counts"]["long"]["running"] == 1
     sweep("cancel", spec, "--root", root)
@@ -441,3 +442,104 @@ def test_ctrl_c_between_job_arrays_loses_no_submitted_run(slurm, tmp_path: Path)
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID", "--name", name, "-S", since],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 40 and all("[" not in j for j in out), out
+
+
+def test_cancel_writes_nothing_for_runs_that_never_started(slurm, tmp_path: Path):
+    """Four of five runs still queued (--throttle 1): `sweep cancel` makes no directory for them, only
+    one file for the spec (.sweep/cancelled/<spec>.json); status shows all five cancelled, and
+    --retry cancelled submits them again."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("steps: 60", "steps: 400")
+                    .replace("x: [3]", "x: [1, 2, 3, 4, 5]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, "--throttle", "1")
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="one run to start")
+    assert counts(spec, root)["pending"] == 4
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 5 runs" in out, out
+    started = [p.parent for p in root.glob("long/*/seed11/state.json")]
+    assert len(started) == 1 and len(list(root.glob("long/*"))) == 1  # no directory for the four
+    cancelled = json.loads((root / ".sweep/cancelled/long.json").read_text())
+    assert len(cancelled) == 4 and started[0].relative_to(root).as_posix() not in cancelled
+    c = wait_for(lambda: finished(spec, root), timeout=60, what="cancellation")
+    assert c["cancelled"] == 5, c
+    rows = status_json(spec, root)["runs"]
+    assert sum(r["reason"] == "cancelled by sweep cancel before it started" for r in rows) == 4, rows
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "nothing to submit: 5 cancelled" in out, out
+    out = sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry", "cancelled", "--throttle", "1").stdout
+    assert "submitted 5 runs" in out, out
+    c = counts(spec, root)
+    assert c["cancelled"] == 0 and c["pending"] + c["running"] == 5, c
+    sweep("cancel", spec, "--root", root)
+
+
+def test_a_preemption_left_out_of_retry_on_ends_preempted_not_requeued(slurm, tmp_path: Path):
+    """retry_on: [node_fail]: a preemption (submitit's SIGTERM + USR2 well before the time limit) ends the run
+    `preempted` instead of requeueing it; --retry preempted resubmits it. (The default, [node_fail, preempted],
+    requeues it: test_requeue_resumes_and_matches_uninterrupted_twin.)"""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3") + "retry_on: [node_fail]\n")
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    _preempt_once(spec, root, "preempt")
+    c = wait_for(lambda: finished(spec, root), timeout=120, what="the preempted run to end")
+    assert c["preempted"] == 1, c
+    state = json.loads((root / "long/task_0000/seed11/state.json").read_text())
+    assert state["state"] == "preempted" and state.get("requeues", 0) == 0 and state["attempts"] == 1, state
+    row = status_json(spec, root)["runs"][0]
+    assert row["state"] == "preempted" and "not requeued (retry_on: ['node_fail'])" in row["reason"], row
+    assert "nothing to submit: 1 preempted (use --retry preempted" in \
+        sweep("launch", spec, "--cluster", "slurm", "--root", root).stdout
+    assert "submitted 1 runs" in sweep("launch", spec, "--cluster", "slurm", "--root", root, "--retry",
+                                       "preempted").stdout
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="the resubmitted run to finish")
+    assert c["completed"] == 1, c
+
+
+def test_queued_and_requeued_jobs_run_the_code_snapshot_taken_at_launch(slurm, tmp_path: Path):
+    """The code is edited right after launch, while the job waits (a 4 s setup line) and before it is
+    requeued: both attempts run the snapshot in .sweep/code/<hash>/, which provenance names
+    (state.json, run.json, the Parquet); --no-snapshot runs the live, edited code."""
+    import shutil
+
+    from tests.helpers import REPO
+
+    checkout = tmp_path / "checkout"  # the checkout a researcher edits: the launch package from here
+    shutil.copytree(REPO / "launch", checkout / "launch", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(checkout)}
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG.replace("{max_requeues}", "3").replace("signal_delay_s: 30",
+                                                                "signal_delay_s: 30, setup: ['sleep 4']"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root, cwd=tmp_path, env=env)
+    noop = checkout / "launch" / "noop.py"
+    noop.write_text(noop.read_text().replace('"noop: resuming at step', '"EDITED: resuming at step')
+                    .replace('"noop: done after', '"EDITED: done after'))
+    assert counts(spec, root)["running"] == 0  # still in its setup: nothing imported yet
+    _preempt_once(spec, root, "scontrol_requeue")
+    c = wait_for(lambda: finished(spec, root), timeout=180, what="the requeued run to finish")
+    assert c["completed"] == 1, c
+    run_dir = root / "long/task_0000/seed11"
+    log = (run_dir / "log.txt").read_text()
+    assert "noop: resuming at step" in log and "noop: done after" in log and "EDITED" not in log, log
+    snapshots = [p.name for p in (root / ".sweep" / "code").iterdir()]
+    assert len(snapshots) == 1, snapshots
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["attempts"] == 2 and state["code_snapshot"] == snapshots[0], state
+    assert json.loads((run_dir / "run.json").read_text())["code_snapshot"] == snapshots[0]
+    snap = root / ".sweep" / "code" / snapshots[0]
+    assert "EDITED" not in (snap / "launch" / "noop.py").read_text() and (snap / "SNAPSHOT.json").exists()
+    sweep("collect", spec, "--root", root, "-o", tmp_path / "r.parquet", cwd=tmp_path, env=env)
+    assert set(pd.read_parquet(tmp_path / "r.parquet")["code_snapshot"]) == {snapshots[0]}
+
+    live = tmp_path / "live.yaml"
+    live.write_text(LONG.replace("{max_requeues}", "3").replace("x: [3]", "x: [4]").replace("steps: 60", "steps: 4")
+                    .replace('"long"', '"live"'))
+    sweep("launch", live, "--cluster", "slurm", "--root", root, "--no-snapshot", cwd=tmp_path, env=env)
+    wait_for(lambda: finished(live, root), timeout=120, what="the --no-snapshot run")
+    live_dir = root / "live/task_0000/seed11"
+    assert "EDITED: done after" in (live_dir / "log.txt").read_text()
+    assert json.loads((live_dir / "state.json").read_text()).get("code_snapshot") is None
+    assert len(list((root / ".sweep" / "code").iterdir())) == 1
+

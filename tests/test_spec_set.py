@@ -73,7 +73,8 @@ def test_len_gen_dry_run_is_one_plan_and_writes_nothing(tmp_path: Path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(  # answers `show config` only: no partitions, no limits to check
-        "#!/bin/sh\n[ \"$2\" = config ] && { echo 'MaxArraySize            = 1001'; exit 0; }\nexit 1\n")
+        "#!/bin/sh\n[ \"$2\" = config ] && { echo 'MaxArraySize            = 1001'; exit 0; }\n"
+        "[ \"$1\" = ping ] && { echo 'Slurmctld(primary) at localhost is UP'; exit 0; }\nexit 1\n")
     (bin_dir / "scontrol").chmod(0o755)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = sweep("launch", "sweeps/len_gen.yaml", "--cluster", "slurm", "--root", root, "--dry-run",

@@ -110,3 +110,35 @@ def test_wait_and_status_failed_count_every_way_of_not_completing(tmp_path: Path
     rows = json.loads(sweep("status", tmp_path / "spec.yaml", "--root", tmp_path / "tree", "--failed", "--json",
                             env=env).stdout)["runs"]
     assert [(r["rel_dir"], r["state"], r["reason"]) for r in rows] == [("x0/seed1", "node_fail", "scheduler: NODE_FAIL")]
+
+
+@pytest.mark.parametrize(("retry_on", "ends"), [(["preempted"], "node_fail"), (["node_fail", "preempted"], None)])
+def test_a_node_failure_left_out_of_retry_on_ends_the_run_when_slurm_requeues_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_on: list[str], ends: str | None):
+    """SLURM requeues a job whose node failed; the run's files still say running. Its next start asks
+    `sacct -D` how the last run of the job ended: NODE_FAIL left out of retry_on ends the run node_fail
+    (checked by hand on the real SLURM with `scontrol update nodename=... state=down`, which the shared
+    test cluster cannot do to other sessions' jobs)."""
+    from launch import runner
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    spec = load_spec(tmp_path / "spec.yaml", root=tmp_path / "tree")
+    run = expand(spec)[0]
+    store = Store(spec.root)
+    store.write_run_info(run.rel_dir, store.run_info(run, None, 3, retry_on=retry_on))
+    store.update_state(run, state="running", job_id="91_0", attempts=1)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\nprintf 'NODE_FAIL\\nRUNNING\\n'\n")
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "91")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    started = runner._start(store, run.rel_dir)
+    state = store.state(run)
+    if ends is None:
+        assert started is not None and state["state"] == "running" and state["requeues"] == 1, state
+    else:
+        assert started is None and state["state"] == ends, state
+        s = stt.run_statuses(store, [run], query=False)[0][0]
+        assert s.state == "node_fail" and "not requeued (retry_on: ['preempted'])" in s.reason
