@@ -366,7 +366,10 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
     found = load_latest_resume_state(run_dir, require=("model", "epoch", "rng", "config"))
     if found is not None:
         path, state = found
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_FREE}
+        # A state saved before a knob existed ran with the knob's old value (the experiment's later_params).
+        from coconut.experiment import CoconutExperiment
+
+        saved = {k: v for k, v in (CoconutExperiment.later_params | state["config"]).items() if k not in RESUME_FREE}
         now = {k: v for k, v in config.items() if k not in RESUME_FREE}
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

@@ -133,3 +133,22 @@ def test_graph_names_keeps_the_run_keys_of_trees_launched_before_it(tmp_path: Pa
     before = [run_key("coconut", {k: v for k, v in r.config.items() if k != "graph_names"}) for r in now]
     assert [r.run_key for r in now] == before == [r.run_key for r in explicit]
     assert not {r.run_key for r in single} & set(before)
+
+
+def test_a_run_saved_before_graph_names_resumes(make_config, tmp_path: Path):
+    """A resume state whose config has no graph_names (written before the knob) resumes under today's
+    config (graph_names: prosqa, filled in by the runner from later_params); another value is refused."""
+    from launch.checkpoint import CheckpointError, load_checkpoint, resume_state_path, save_checkpoint
+    from launch.experiment import RunContext
+
+    run = tmp_path / "run"
+    run.mkdir()
+    EXPERIMENT.run(make_config(num_epochs=1), RunContext(run_dir=run))
+    path = resume_state_path(run, 1)
+    state = load_checkpoint(path)
+    assert state["config"].pop("graph_names") == "prosqa"
+    save_checkpoint(state, path, sidecar={"epoch": 1})
+    with pytest.raises(CheckpointError, match="graph_names"):
+        EXPERIMENT.run(make_config(graph_names="single_token", eval_data="generated"), RunContext(run_dir=run))
+    EXPERIMENT.run(make_config(), RunContext(run_dir=run))
+    assert load_checkpoint(resume_state_path(run, 2))["epoch"] == 2
