@@ -37,7 +37,7 @@ reproduce-sortgpt: venv
 	$(BIN)/sweep plot $(REPRO)/sortgpt/results.parquet -o $(REPRO)/sortgpt/plots
 	$(BIN)/sweep summary $(REPRO)/sortgpt/results.parquet | tee $(REPRO)/sortgpt/summary.md
 
-# COCONUT at CPU scale (issue 16): 7 modes x 2 seeds from scratch on ProsQA-mini, local executor ->
+# COCONUT at CPU scale (issue 16): 9 modes x 2 seeds from scratch on ProsQA-mini, local executor ->
 # Parquet -> plots + summary under reproduce/coconut/. Findings and wall times: REPRODUCTION.md.
 REPRO_COCONUT ?= $(REPRO)/coconut
 reproduce-coconut: venv

@@ -3,7 +3,9 @@
     python -m analysis.coconut_table reproduce/coconut/results.parquet
 
 Per feedback mode: runs (n), best validation accuracy, test accuracy of checkpoint_best (mean ± sample std
-over seeds, in %), and the share of well-formed answers on test ("<root> is a <one of the options>.").
+over seeds, in %), the share of well-formed answers on test ("<root> is a <one of the options>."), and the
+paper's ProsQA figure for the same method (Hao et al. 2024, Table 1: pretrained GPT-2, full ProsQA; "—" where
+the paper has no such row or no ProsQA figure) — side by side, not comparable (see REPRODUCTION.md).
 Every number of a row is over the same n runs: a run that did not complete, or lacks its validation or
 test accuracy, is left out of all of them and named on stderr (``note: ...``).
 """
@@ -17,6 +19,14 @@ import pandas as pd
 from analysis.load import metric_column, read_results
 from analysis.summary import mean_std, mode_rank
 from launch.errors import UserError
+
+# Our mode -> (the paper's Table 1 row, its ProsQA accuracy in %). pause_as_thought is Meta's "pause as
+# thought" (the <|latent|> token in place of the thoughts, same curriculum); no_thoughts is "w/o thought",
+# whose ProsQA figure is not quoted here. The other pause modes are this project's controls (issue 4).
+PAPER_TABLE1_PROSQA: dict[str, tuple[str, float | None]] = {
+    "continuous": ("Coconut", 97.0), "pause_as_thought": ("pause as thought", 96.6),
+    "no_thoughts": ("w/o thought", None), "cot": ("CoT", 77.5), "no_cot": ("No-CoT", 76.7),
+}
 
 COLUMNS = ["feedback_mode", "n", "best_val_mean", "best_val_std", "test_mean", "test_std", "formed_mean"]
 
@@ -53,11 +63,14 @@ def coconut_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| mode | n | best val accuracy | test accuracy | well-formed test answers |", "|---|---|---|---|---|"]
+    lines = ["| mode | n | best val accuracy | test accuracy | well-formed test answers | paper's row | "
+             "paper, Table 1 ProsQA |", "|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         formed = "n/a" if pd.isna(r.formed_mean) else f"{100 * r.formed_mean:.1f} %"
+        row, figure = PAPER_TABLE1_PROSQA.get(r.feedback_mode, ("—", None))
+        paper = "—" if figure is None else f"{figure:.1f} %"
         lines.append(f"| {r.feedback_mode} | {r.n} | {mean_std(r.best_val_mean, r.best_val_std)} | "
-                     f"{mean_std(r.test_mean, r.test_std)} | {formed} |")
+                     f"{mean_std(r.test_mean, r.test_std)} | {formed} | {row} | {paper} |")
     return "\n".join(lines)
 
 

@@ -73,14 +73,15 @@ def build_tokenizer() -> Any:
     return tok
 
 
-def compact_inventory_texts() -> list[str]:
+def compact_inventory_texts(name_set: str = "prosqa") -> list[str]:
     """Every word ProsQA text can hold, in every position the data puts it: each person and concept
     name at the start of a step / question and after a space, in the fact, question and answer
     templates. GPT-2's pre-tokenizer splits at spaces and punctuation, so these texts produce every
-    token a ProsQA question, step or answer (real or generated) can contain."""
-    from coconut.generate import CONCEPT_NAMES, PERSON_NAMES
+    token a ProsQA question, step or answer (real or generated with ``name_set``'s names) can contain."""
+    from coconut.generate import NAME_SETS
 
-    names = PERSON_NAMES + CONCEPT_NAMES
+    people, concepts = NAME_SETS[name_set]
+    names = people + concepts
     texts = ["### " + " ".join(f"{n} is a {n}. Every {n} is a {n}." for n in names) + "\n"]
     texts += [f"{n} is a {n}.\n" for n in names] + [f"Every {n} is a {n}.\n" for n in names]
     texts += [f"Is {n} a {n} or {n}?\n" for n in names] + [f"{n} is a {n}. Is {n} a {n} or {n}?\n" for n in names]
@@ -96,10 +97,10 @@ class CompactTokenizer:
 
     Implements the part of the transformers tokenizer interface this package uses."""
 
-    def __init__(self, gpt2: Any, base_ids: list[int] | None = None):
+    def __init__(self, gpt2: Any, base_ids: list[int] | None = None, name_set: str = "prosqa"):
         self.gpt2 = gpt2
-        if base_ids is None:
-            used = {t for ids in gpt2(compact_inventory_texts())["input_ids"] for t in ids}
+        if base_ids is None:  # (a checkpoint's saved base_ids already hold its names' tokens)
+            used = {t for ids in gpt2(compact_inventory_texts(name_set))["input_ids"] for t in ids}
             used |= {gpt2.eos_token_id, *gpt2.convert_tokens_to_ids([INIT_TOKEN])}
             base_ids = sorted(used)
         specials = gpt2.convert_tokens_to_ids([START_LATENT, END_LATENT, LATENT])
@@ -137,9 +138,12 @@ class CompactTokenizer:
 
 
 def tokenizer_for(config: dict[str, Any], base_ids: list[int] | None = None) -> Any:
-    """GPT-2's tokenizer, or its compact restriction when the run asks for it (``compact_vocab``)."""
+    """GPT-2's tokenizer, or its compact restriction when the run asks for it (``compact_vocab``), over
+    the tokens of the run's names (``graph_names``)."""
     tok = build_tokenizer()
-    return CompactTokenizer(tok, base_ids) if config.get("compact_vocab") else tok
+    if not config.get("compact_vocab"):
+        return tok
+    return CompactTokenizer(tok, base_ids, config.get("graph_names", "prosqa"))
 
 
 @dataclass(frozen=True)

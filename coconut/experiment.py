@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from coconut.generate import DEFAULT_SIZE, GraphSize
+from coconut.generate import DEFAULT_NAMES, DEFAULT_SIZE, NAME_SETS, GraphSize
 from coconut.model import FEEDBACK_MODES
 from launch.experiment import RunContext
 
 
 class CoconutExperiment:
     name = "coconut"
+    # Knobs added after coconut trees were launched, with the value that behaves as before: a run that
+    # keeps it keeps its run key (launch/experiment.py, later_params).
+    later_params = {"graph_names": DEFAULT_NAMES}
 
     def defaults(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,10 @@ class CoconutExperiment:
             "graph_max_nodes": DEFAULT_SIZE.max_nodes,
             "graph_min_path": DEFAULT_SIZE.min_path,
             "graph_max_path": DEFAULT_SIZE.max_path,
+            # The names of generated graphs (coconut.generate.NAME_SETS): "prosqa", the real splits'
+            # made-up multi-token concepts ("wumpus" = 2-3 GPT-2 tokens); "single_token", common words
+            # and first names that are one GPT-2 token each (same graphs, other names).
+            "graph_names": DEFAULT_NAMES,
             # "real": validate on the real 300 / test on the real 500 (full-size graphs). "generated":
             # 300 validation and 500 test examples from the generator with the run's graph size and their
             # own seeds (data_seed, 1) and (data_seed, 2), with every training question excluded (and the
@@ -93,6 +100,11 @@ class CoconutExperiment:
         if config["compact_vocab"] and config["base_model"]:
             problems.append(f"compact_vocab: only for a model trained from scratch (base_model: \"\"); "
                             f"{config['base_model']!r} has GPT-2's 50,257-row embedding")
+        if not isinstance(config["graph_names"], str) or config["graph_names"] not in NAME_SETS:
+            problems.append(f"graph_names: {config['graph_names']!r} is not one of {', '.join(NAME_SETS)}")
+        elif config["graph_names"] != "prosqa" and config["eval_data"] == "real":
+            problems.append(f"graph_names: {config['graph_names']!r} names only generated data; the real "
+                            "validation and test splits use the prosqa names (set eval_data: generated)")
         ints = ("graph_min_nodes", "graph_max_nodes", "graph_min_path", "graph_max_path")
         for key in ints:
             if not isinstance(config[key], int) or isinstance(config[key], bool):

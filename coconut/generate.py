@@ -43,6 +43,28 @@ CONCEPT_NAMES = [
     "vumpus", "worpus", "wumpus", "yerpus", "yimpus", "yumpus", "zhorpus", "zumpus",
 ]
 
+# graph_names "single_token": names that GPT-2's BPE encodes as ONE token each (people also at the start
+# of a line, where they have no leading space; concepts always follow a space). The multi-token made-up
+# names above take 2-3 tokens each, and a small model trained from scratch must then bind a name spread
+# over several tokens to its fact. Same list lengths as above, so a seed draws the same graphs and only
+# the names differ; tests/coconut/test_prosqa_mini.py checks the one-token property with the tokenizer.
+SINGLE_TOKEN_PEOPLE = [
+    "Alex", "Bob", "Davis", "Eva", "Jack", "Max", "Rex", "Sam", "Tom", "Ben", "Dan", "Joe", "Tim", "Kim",
+    "Anna", "Amy", "Mark",
+]
+SINGLE_TOKEN_CONCEPTS = [
+    "dog", "cat", "bird", "fish", "horse", "cow", "pig", "sheep", "goat", "wolf", "fox", "bear", "lion",
+    "tiger", "mouse", "rat", "frog", "snake", "duck", "goose", "hawk", "bee", "worm", "deer", "rabbit",
+    "monkey", "whale", "shark", "crab", "tree", "flower", "rock", "star", "moon", "sun", "king", "queen",
+    "doctor",
+]
+# graph_names -> (people, concepts). "prosqa" (the default) is the real splits' names.
+NAME_SETS = {
+    "prosqa": (PERSON_NAMES, CONCEPT_NAMES),
+    "single_token": (SINGLE_TOKEN_PEOPLE, SINGLE_TOKEN_CONCEPTS),
+}
+DEFAULT_NAMES = "prosqa"
+
 MEAN_PARENTS = 1.5        # Poisson mean of the number of parents of a new node
 DEPTH_WEIGHT = 1.5        # parent weight = depth * DEPTH_WEIGHT + 1 (deep nodes attract children)
 P_NOT_FROM_1 = 0.35       # the new node must not descend from node 1
@@ -147,8 +169,11 @@ def _prune(parents: list[list[int]]) -> list[list[int]]:
     return [[new_id[p] for p in parents[old]] for old in sorted(keep)]
 
 
-def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -> dict[str, Any] | None:
-    """One ProsQA-style example, or None when this graph does not make a valid question."""
+def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE,
+                     name_set: str = DEFAULT_NAMES) -> dict[str, Any] | None:
+    """One ProsQA-style example, or None when this graph does not make a valid question. ``name_set``
+    picks the name lists (``NAME_SETS``); it changes the names only, never the graph."""
+    person_names, concept_names = NAME_SETS[name_set]
     parents = _prune(_grow_graph(rng, size))
     n = len(parents)
     if n > MAX_NODES:
@@ -179,8 +204,8 @@ def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -
     path.reverse()
 
     n_people = sum(1 for ps in parents if not ps)
-    people = [PERSON_NAMES[i] for i in rng.permutation(len(PERSON_NAMES))[:n_people]]
-    concepts = [CONCEPT_NAMES[i] for i in rng.permutation(len(CONCEPT_NAMES))[: n - n_people]]
+    people = [person_names[i] for i in rng.permutation(len(person_names))[:n_people]]
+    concepts = [concept_names[i] for i in rng.permutation(len(concept_names))[: n - n_people]]
     names, next_person, next_concept = [], iter(people), iter(concepts)
     for ps in parents:
         names.append(next(next_concept) if ps else next(next_person))
@@ -209,17 +234,19 @@ def generate_example(rng: np.random.Generator, size: GraphSize = DEFAULT_SIZE) -
 
 def generate_dataset(n_examples: int, seed: int | list[int], size: GraphSize = DEFAULT_SIZE,
                      exclude: set[str] | frozenset[str] = frozenset(), max_rejects: int = MAX_REJECTS,
-                     ) -> list[dict[str, Any]]:
+                     name_set: str = DEFAULT_NAMES) -> list[dict[str, Any]]:
     """``n_examples`` examples, deterministic in ``seed``; questions are unique and none is in
     ``exclude`` (the questions of another split, to keep generated splits disjoint).
     Raises ValueError when ``size`` rejects ``max_rejects`` graphs in a row (it cannot make questions,
-    or the small graphs have run out of distinct questions)."""
+    or the small graphs have run out of distinct questions). ``name_set``: see generate_example."""
+    if name_set not in NAME_SETS:
+        raise ValueError(f"name_set: {name_set!r} is not one of {', '.join(NAME_SETS)}")
     rng = np.random.default_rng(seed)
     out: list[dict[str, Any]] = []
     seen: set[str] = set(exclude)
     rejects = 0
     while len(out) < n_examples:
-        ex = generate_example(rng, size)
+        ex = generate_example(rng, size, name_set)
         if ex is not None and ex["question"] not in seen:
             seen.add(ex["question"])
             out.append(ex)

@@ -139,12 +139,13 @@ def eval_split(config: dict[str, Any], split: str, train_questions: set[str] | N
     size = graph_size_of(config)
     if train_questions is None:
         train_questions = {ex["question"] for ex in training_examples(config)}
+    names = config["graph_names"]
     val = generate_dataset(config["val_size"] or GENERATED_VAL_SIZE, [config["data_seed"], VAL_STREAM], size,
-                           exclude=train_questions)
+                           exclude=train_questions, name_set=names)
     if split == "val":
         return val
     return generate_dataset(GENERATED_TEST_SIZE, [config["data_seed"], TEST_STREAM], size,
-                            exclude=train_questions | {ex["question"] for ex in val})
+                            exclude=train_questions | {ex["question"] for ex in val}, name_set=names)
 
 
 def training_examples(config: dict[str, Any]) -> list[dict]:
@@ -152,7 +153,8 @@ def training_examples(config: dict[str, Any]) -> list[dict]:
     of a sweep), unless ``train_path`` names a ProsQA JSON file."""
     if config["train_path"]:
         return load_prosqa(config["train_path"])[: config["train_size"] or None]
-    return generate_dataset(config["train_size"], seed=config["data_seed"], size=graph_size_of(config))
+    return generate_dataset(config["train_size"], seed=config["data_seed"], size=graph_size_of(config),
+                            name_set=config["graph_names"])
 
 
 def load_splits(config: dict[str, Any], tok: Any) -> tuple[list[Tokenized], list[dict], list[Tokenized]]:
@@ -364,7 +366,10 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
     found = load_latest_resume_state(run_dir, require=("model", "epoch", "rng", "config"))
     if found is not None:
         path, state = found
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_FREE}
+        # A state saved before a knob existed ran with the knob's old value (the experiment's later_params).
+        from coconut.experiment import CoconutExperiment
+
+        saved = {k: v for k, v in (CoconutExperiment.later_params | state["config"]).items() if k not in RESUME_FREE}
         now = {k: v for k, v in config.items() if k not in RESUME_FREE}
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

@@ -27,6 +27,18 @@ def rows() -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def test_paper_column_has_table_1_prosqa_figures():
+    from analysis.coconut_table import PAPER_TABLE1_PROSQA
+
+    assert {m: f for m, (_, f) in PAPER_TABLE1_PROSQA.items() if f is not None} == \
+        {"continuous": 97.0, "pause_as_thought": 96.6, "cot": 77.5, "no_cot": 76.7}
+    frame = rows()
+    frame["feedback_mode"] = frame["feedback_mode"].replace({"continuous": "frozen", "cot": "pause_as_thought"})
+    text = markdown(coconut_table(frame))
+    assert "| pause_as_thought | 2 | 55.0 ± 7.1 % | 50.0 ± 7.1 % | 95.0 % | pause as thought | 96.6 % |" in text
+    assert "| frozen | 2 | 27.5 ± 3.5 % | 25.0 ± 7.1 % | 60.0 % | — | — |" in text
+
+
 def test_table_matches_hand_computation():
     table = coconut_table(rows()).set_index("feedback_mode")
     assert list(table.index) == ["continuous", "cot"]          # the modes' canonical order
@@ -37,4 +49,5 @@ def test_table_matches_hand_computation():
     assert cot["test_mean"] == pytest.approx(0.5) and cot["test_std"] == pytest.approx(statistics.stdev([0.45, 0.55]))
     assert table.loc["continuous", "formed_mean"] == pytest.approx(0.6)
     text = markdown(coconut_table(rows()))
-    assert "| cot | 2 | 55.0 ± 7.1 % | 50.0 ± 7.1 % | 95.0 % |" in text
+    assert "| cot | 2 | 55.0 ± 7.1 % | 50.0 ± 7.1 % | 95.0 % | CoT | 77.5 % |" in text
+    assert "| continuous | 2 | 27.5 ± 3.5 % | 25.0 ± 7.1 % | 60.0 % | Coconut | 97.0 % |" in text
