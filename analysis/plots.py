@@ -9,6 +9,9 @@ latent-stage switches marked; loss curves; the best-epoch table.
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot): PNGs are
 rendered by the Agg canvas and nothing global is switched. Colours are fixed per
 category so the same configuration or feedback mode looks the same in every figure.
+
+One file past ~500 lines on purpose: every figure shares the colour tables, the CSV-beside-PNG writer
+and the panel helpers, and a reader finds any figure of either family by reading one module.
 """
 
 from __future__ import annotations
