@@ -46,7 +46,8 @@ reproduce-coconut: venv
 	$(BIN)/sweep collect sweeps/reproduce_coconut.yaml --root $(REPRO_COCONUT)/checkpoints -o $(REPRO_COCONUT)/results.parquet
 	$(BIN)/sweep plot $(REPRO_COCONUT)/results.parquet -o $(REPRO_COCONUT)/plots
 	$(BIN)/sweep summary $(REPRO_COCONUT)/results.parquet
-	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet
+	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet | tee $(REPRO_COCONUT)/table.md
+	$(BIN)/sweep branching $(REPRO_COCONUT)/checkpoints/reproduce_coconut | tee $(REPRO_COCONUT)/branching.txt
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv
