@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,13 @@ def run_key(experiment: str, config: dict[str, Any], later: dict[str, Any] | Non
     if later:
         config = {k: v for k, v in config.items()
                   if not (k in later and type(v) is type(later[k]) and v == later[k])}
-    canon = json.dumps({"experiment": experiment, "config": config}, sort_keys=True, separators=(",", ":"))
+    canon = _CANON.encode({"experiment": experiment, "config": config})
     return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+# json.dumps(sort_keys=True, separators=(",", ":")), built once: json.dumps makes an encoder per call,
+# half of run_key's time over 50,000 runs
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _points(axes: list[Axis]) -> list[dict[str, Any]]:
@@ -112,11 +118,15 @@ def normalized_dir(rel: str) -> str:
     return posixpath.normpath(rel).casefold()
 
 
+_UNUSABLE = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def _check_usable(rel: str, fields: dict[str, Any], spec: Spec, desc: str) -> None:
     """A NUL byte, a control character or a backslash in a directory name: refused, naming the value."""
-    bad = next((ch for ch in rel if ord(ch) < 32 or ch in "\x7f\\"), None)
-    if bad is None:
+    m = _UNUSABLE.search(rel)
+    if m is None:
         return
+    bad = m.group()
     culprit = next((k for k, v in fields.items() if isinstance(v, str) and bad in v), None)
     where = _source(f"{culprit}:", spec) if culprit else "path"
     value = f" {culprit}={fields[culprit]!r}" if culprit else ""
