@@ -48,7 +48,7 @@ def test_row_groups_give_the_table_of_one_frame(tmp_path: Path, monkeypatch: pyt
     df = a.to_pandas()
     assert list(df.columns[-4:]) == ["late", "loss", "metric_n", "acc"]  # metrics after config, first seen first
     assert str(df["n"].dtype) == "float64" and df["n"].isna().sum() == 30  # ints and None: floats with nulls
-    assert df["mix"].tolist()[-6:] == ["3", "a", "a", "a", "a", "a"]  # two types: text
+    assert df["mix"].tolist()[::3][-6:] == ["3", "a", "a", "a", "a", "a"]  # two types: text
     assert df["config_step"].tolist()[::3] == list(range(40))
 
 
