@@ -74,11 +74,8 @@ def read_bytes(path: Path | str) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, 65536)
-        if len(data) < 65536:
-            more = os.read(fd, 65536)  # a regular file's read is short only at its end; a pipe's may not be
-            if not more:
-                return data
-            data += more
+        if len(data) < 65536:  # a regular file's read is short only at its end
+            return data
         chunks = [data]
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
