@@ -229,10 +229,16 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
         d = disk[r.rel_dir] or {}
         s = RunStatus(run=r, state=NOT_SUBMITTED, job_id=d.get("job_id"), updated_at=d.get("updated_at"))
         dstate = d.get("state")
-        # run.json exists only once the run started, and then so does state.json, where the job
-        # also records its run key (one file read fewer per run at 10,000 runs)
-        info = _identity(store, r, d) if d and not d.get("_unstarted") else None
-        foreign = store.identity_problem(r, manifests[r.spec], info)
+        key = r.run_key
+        entry = manifests[r.spec].get(r.rel_dir)
+        if d.get("run_key") == key and entry.__class__ is dict and entry.get("run_key") == key \
+                and not d.get("_unstarted"):
+            foreign = None  # the common case, as identity_problem finds it (state.json's key is the run's)
+        else:
+            # run.json exists only once the run started, and then so does state.json, where the job
+            # also records its run key (one file read fewer per run at 10,000 runs)
+            info = _identity(store, r, d) if d and not d.get("_unstarted") else None
+            foreign = store.identity_problem(r, manifests[r.spec], info)
         if foreign:  # another run's files: none of them is this run's state
             s.state, s.reason = FAILED, foreign
             out.append(s)
@@ -370,8 +376,9 @@ def headline_value(store: Store, r: Run, headline: str, tail_bytes: int = 65536)
         return None, None
     lines = tail.decode(errors="replace").splitlines()
     step, values = None, []
+    quoted_name, quoted_split = f'"{name}"', f'"{split}"'
     for line in reversed(lines):
-        if f'"{name}"' not in line or f'"{split}"' not in line:  # most lines: no JSON parse
+        if quoted_name not in line or quoted_split not in line:  # most lines: no JSON parse
             continue
         try:
             rec = json.loads(line)
