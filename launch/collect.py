@@ -15,6 +15,10 @@ for either reason. A metric value that is not a number (or null) makes its line
 corrupt: it is never coerced to NaN. A run extended by ``sweep resume`` (a
 ``<dir>_resume<N>`` child) is not a run of the spec: it is named in a warning.
 
+The table is never whole in memory (issue 12): a first pass reads every run's files, decides what is
+merged, and notes the columns and the types each holds; a second reads the merged runs' records again
+and writes them a row group at a time, with the schema one DataFrame of every row would give.
+
 Columns (documented in checkpoints/README.md):
 provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
             git_commit, code_snapshot, host, started_at, ended_at, wall_s, state
