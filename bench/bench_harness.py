@@ -14,6 +14,11 @@ alternately with its plain counterpart so both see the same machine load):
    state.json, progress.json, a 3-record metrics.jsonl: what 1-step noop runs leave): `sweep status`,
    `sweep status -v`, `sweep collect` (wall time and peak memory, /usr/bin/time's max RSS).
 4. record_jobs over --big ids in 1,000-id arrays, against the rewrite-per-array it replaced.
+5. With --baseline DIR (a copy of another version's ``launch/``, e.g. ``git archive main launch | tar -x
+   -C DIR``): every `sweep status`/`collect` above also run from DIR, alternating with this tree's, so
+   before and after see the same machine load (these VMs are noisy); the two Parquet tables are
+   compared (schema with its metadata, and content). And the floor of a `sweep` command: `python -c
+   pass` and the CLI's imports for `status`.
 
 Prints one JSON object; bench/RESULTS.md records it with the machine and date.
 """
@@ -69,6 +74,30 @@ def timed(cmd: list[str], cwd: Path = REPO) -> tuple[float, float, str]:
 
 def sweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "launch.cli", *args]
+
+
+def versions(baseline: Path | None) -> list[tuple[str, Path]]:
+    """(label, the directory `python -m launch.cli` runs in: its launch/ is the one imported)."""
+    return [("", REPO)] + ([("before_", baseline)] if baseline else [])
+
+
+def same_table(a: Path, b: Path) -> dict[str, object]:
+    import pyarrow.parquet as pq
+
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    return {"schema_and_metadata": ta.schema.equals(tb.schema, check_metadata=True), "content": ta.equals(tb),
+            "rows": [ta.num_rows, tb.num_rows],
+            "row_groups": [pq.ParquetFile(a).metadata.num_row_groups, pq.ParquetFile(b).metadata.num_row_groups]}
+
+
+def floor(baseline: Path | None, repeat: int) -> dict[str, object]:
+    """What every `sweep` command pays before its own work: the interpreter, and the imports of `status`."""
+    imports = "import launch.cli, launch.status, launch.spec_set"
+    res: dict[str, object] = {"python_c_pass_s": min(timed([sys.executable, "-c", "pass"])[0] for _ in range(repeat))}
+    for label, cwd in versions(baseline):
+        res[f"{label}status_imports_s"] = min(timed([sys.executable, "-c", imports], cwd=cwd)[0]
+                                              for _ in range(repeat))
+    return res
 
 
 def grid(n: int) -> tuple[list[int], list[float]]:
@@ -144,12 +173,15 @@ def main() -> None:
     ap.add_argument("--big", type=int, nargs="*", default=[50_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-slurm", action="store_true", help="only the completed trees and record_jobs")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="a directory holding another version's launch/: every status/collect also run from it")
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     res: dict[str, object] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                               "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    res["floor"] = floor(args.baseline, args.repeat)
 
     if not args.skip_slurm:
         env = {**os.environ, "LOCAL_SLURM_MAX_ARRAY_SIZE": "1001", "LOCAL_SLURM_CPUS": "4"}
@@ -160,7 +192,7 @@ def main() -> None:
         subprocess.run(["scontrol", "update", "nodename=localhost", "state=drain", "reason=bench"], check=True)
         masters: list[str] = []
         try:
-            sweep_t, plain_t, status_t, sacct_t = [], [], [], []
+            sweep_t, plain_t, status_t, sacct_t, before_t = [], [], [], [], []
             for i in range(args.repeat):
                 root = out / f"tree-launch-{i}"
                 w, _, text = timed(sweep_cmd("launch", str(spec), "--cluster", "slurm", "--root", str(root)))
@@ -173,12 +205,18 @@ def main() -> None:
                 masters += ours + text.split()
                 for _ in range(args.repeat):  # status of the pending runs, and one plain sacct call
                     status_t.append(timed(sweep_cmd("status", str(spec), "--root", str(root)))[0])
+                    if args.baseline:
+                        before_t.append(timed(sweep_cmd("status", str(spec), "--root", str(root)),
+                                              cwd=args.baseline)[0])
                     sacct_t.append(timed(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ours)])[0])
                 subprocess.run(["scancel", *ours, *text.split()], check=False)
             res["launch"] = {"runs": args.runs, "sweep_s": sweep_t, "plain_map_array_s": plain_t,
                              "ratio_best": round(min(sweep_t) / min(plain_t), 2)}
             res["status_pending"] = {"runs": args.runs, "sweep_s": status_t, "plain_sacct_s": sacct_t,
                                      "ratio_best": round(min(status_t) / min(sacct_t), 2)}
+            if before_t:
+                res["status_pending"].update(before_sweep_s=before_t,  # type: ignore[union-attr]
+                                             before_ratio_best=round(min(before_t) / min(sacct_t), 2))
             res["snapshot_dirs"] = len(list((out / "tree-launch-0" / ".sweep" / "code").iterdir()))
         finally:
             subprocess.run(["scancel", *masters], check=False, capture_output=True)
@@ -192,14 +230,23 @@ def main() -> None:
         write_completed_tree(spec, root)
         row: dict[str, object] = {"runs": n, "write_tree_s": round(time.perf_counter() - t, 1)}
         for label, extra in (("status", []), ("status_v", ["-v"])):
-            runs = [timed(sweep_cmd("status", str(spec), "--root", str(root), *extra)) for _ in range(args.repeat)]
-            row[f"{label}_s"] = [w for w, _, _ in runs]
-            row[f"{label}_rss_mb"] = round(min(m for _, m, _ in runs))
-        w, m, _ = timed(sweep_cmd("collect", str(spec), "--root", str(root), "-o", str(out / f"r{n}.parquet")))
-        row["collect_s"], row["collect_rss_mb"] = w, round(m)
+            samples: dict[str, list[tuple[float, float, str]]] = {v: [] for v, _ in versions(args.baseline)}
+            for _ in range(args.repeat):  # the versions alternate
+                for v, cwd in versions(args.baseline):
+                    samples[v].append(timed(sweep_cmd("status", str(spec), "--root", str(root), *extra), cwd=cwd))
+            for v, runs in samples.items():
+                row[f"{v}{label}_s"] = [w for w, _, _ in runs]
+                row[f"{v}{label}_rss_mb"] = round(min(m for _, m, _ in runs))
+        for v, cwd in versions(args.baseline):
+            w, m, _ = timed(sweep_cmd("collect", str(spec), "--root", str(root), "-o", str(out / f"{v}r{n}.parquet")),
+                            cwd=cwd)
+            row[f"{v}collect_s"], row[f"{v}collect_rss_mb"] = w, round(m)
+        if args.baseline:
+            row["collect_same_table"] = same_table(out / f"before_r{n}.parquet", out / f"r{n}.parquet")
         row["record_jobs_s"] = record_jobs_figures(n, out)
         res[f"done_{n}"] = row
         print(json.dumps(res), flush=True)
+    res["loadavg_end"] = os.getloadavg()
     print(json.dumps(res, indent=1))
     for n in args.big:  # after the figures: removing 400,000 files takes minutes
         shutil.rmtree(out / f"tree-done-{n}", ignore_errors=True)

@@ -9,12 +9,15 @@ families (``sweep.commands`` entry points) are loaded only when called, so
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,6 +209,25 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
     Exit codes: 0 the states are the scheduler's and the runs' own;
     3 the scheduler (sacct and squeue) did not answer: SLURM runs' states are
     from disk alone and may be stale (a warning says so); 2 bad input."""
+    with _no_gc():
+        _status(spec_paths, root, only, verbose, failed, as_json, no_scheduler)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Python's cycle collector off: at 50,000 runs `sweep status` allocates millions of objects and no
+    cycles, and the collector's passes over them were a fifth of its time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verbose: bool, failed: bool,
+            as_json: bool, no_scheduler: bool) -> None:
     from launch import status as stt
     from launch.store import Store
 
@@ -244,8 +266,8 @@ def status(spec_paths: tuple[str, ...], root: str | None, only: str | None, verb
                     click.echo("fixed (every run): " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
                 if headline and rows:
                     click.echo(f"{headline}: at the last step logged (@step), mean over the lengths logged there")
-                for line in stt.status_table(rows, varying, headline) if rows else []:
-                    click.echo(f"  {line}")
+                if rows:  # one write: an echo per line was a second per 50,000 runs
+                    click.echo("\n".join(f"  {line}" for line in stt.status_table(rows, varying, headline)))
     if as_json:
         out: dict[str, Any] = {"counts": all_counts, "runs": all_rows}
         if all_parts:  # composite specs: their counts per part

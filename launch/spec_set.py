@@ -158,6 +158,8 @@ def _check_parts(f: str, parts: list[Spec]) -> None:
 def expand_set(sset: SpecSet) -> list[Run]:
     """Every part's runs, in part order; two parts that map to one run directory are an error (one
     after normalisation too: ``a//b``, ``a/./b`` and ``A/b`` are ``a/b``, as within a spec)."""
+    if len(sset.parts) == 1:  # expand() already refuses two runs of one part in one directory
+        return expand(sset.parts[0])
     runs: list[Run] = []
     owner: dict[str, tuple[str, str]] = {}  # normalized rel_dir -> (part name, rel_dir)
     for part in sset.parts:
