@@ -452,7 +452,7 @@ def val_accuracy_figure(rows: pd.DataFrame) -> Rendered:
     ax.set_ylabel("validation accuracy (% of answers)")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 7), title="feedback mode")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), title="feedback mode")
     fig.suptitle("coconut: validation accuracy per epoch (mean ± std over seeds)" + (f"\n{note}" if note else ""))
     return Rendered("coconut_val_accuracy", fig, data.rename(columns={"step": "epoch", "mean": "accuracy_mean",
                                                                       "std": "accuracy_std"}))
@@ -485,7 +485,7 @@ def loss_figure(rows: pd.DataFrame) -> Rendered:
         ax.grid(alpha=0.3)
         tables.append(data.assign(split="val" if source is val else "train", x_unit=xlabel))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 7), title="feedback mode")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), title="feedback mode")
     fig.suptitle("coconut: loss curves (mean ± std over seeds" + (f"; {note})" if note else ")"))
     return Rendered("coconut_loss", fig, pd.concat(tables, ignore_index=True).rename(
         columns={"mean": "loss_mean", "std": "loss_std"}))
