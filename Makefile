@@ -16,7 +16,7 @@ $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 venv: $(BIN)/sweep
 
 # The main job on the embedded CI-sized grids (sortgpt + coconut): local executor ->
-# Parquet -> plots + summary. Takes a few minutes on 2 cores.
+# Parquet -> plots + summary. ~11 min on 2 idle cores (REPRODUCTION.md).
 DEMO_SPECS := sweeps/ci_sortgpt.yaml sweeps/ci_coconut.yaml
 demo: venv
 	for s in $(DEMO_SPECS); do $(BIN)/sweep launch $$s --cluster local --root $(OUT)/checkpoints || exit 1; done
