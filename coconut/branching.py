@@ -73,13 +73,14 @@ def first_step_right(text: str, example: dict[str, Any]) -> bool:
 
 
 def breakdown(texts: list[str], gold: list[dict[str, Any]], cot: bool) -> dict[str, Any]:
-    """Counts per class ("no_choice", "choice"): questions, right answers and (for CoT) right first steps."""
-    from coconut.data import extract_answer
+    """Counts per class ("no_choice", "choice"): questions, right answers (scored as training scores them)
+    and, for CoT, right first steps."""
+    from coconut.train import scores
 
     out: dict[str, Any] = {}
     for cls in ("no_choice", "choice"):
         idx = [i for i, ex in enumerate(gold) if has_choice(ex) == (cls == "choice")]
-        right = sum(extract_answer(texts[i]) == gold[i]["answer"].replace(",", "").strip() for i in idx)
+        right = int(scores([texts[i] for i in idx], [gold[i] for i in idx])["accuracy"])
         row: dict[str, Any] = {"n": len(idx), "right": right, "accuracy": right / len(idx) if idx else None}
         if cot:
             first = sum(first_step_right(texts[i], gold[i]) for i in idx)
@@ -91,17 +92,14 @@ def breakdown(texts: list[str], gold: list[dict[str, Any]], cot: bool) -> dict[s
 def run_breakdown(run_dir: Path, split: str, device: str = "cpu") -> dict[str, Any]:
     """Load the run's checkpoint_best (else its final checkpoint), answer its evaluation split, split the
     counts by class."""
-    from coconut.data import find_data_dir, load_prosqa, tokenize
+    from coconut.data import tokenize
     from coconut.experiment import EXPERIMENT
     from coconut.train import checkpoint_for, curriculum_of, eval_split, generated_texts, load_weights
 
     path = checkpoint_for(run_dir)
     model, tok, state = load_weights(path, device)
     config = EXPERIMENT.defaults() | EXPERIMENT.later_params | state["config"]
-    if config["eval_data"] == "generated":
-        raw = eval_split(config, split)
-    else:
-        raw = load_prosqa(find_data_dir(config["data_dir"]) / f"prosqa_{'valid' if split == 'val' else split}.json")
+    raw = eval_split(config, split)  # the real files or the generated split, as training and final_test read them
     stage = int(state["stage"])
     texts = generated_texts(model, tok, tokenize(raw, tok), stage, curriculum_of(config), device,
                             config["eval_batch_size"], config["max_new_tokens"])
