@@ -32,6 +32,16 @@ resources: {time_min: 10, cpus: 1}
 """
 
 
+def _one_running_run(tmp_path: Path) -> tuple[Path, Path]:
+    """(spec, tree root) of the LONG spec launched on the real SLURM, its one run running."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(LONG)
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "slurm", "--root", root)
+    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    return spec, root
+
+
 def _down_env(tmp_path: Path) -> dict[str, str]:
     """Environment whose SLURM clients see the controller down; sbatch/scancel calls are logged."""
     conf = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text()
@@ -47,11 +57,7 @@ def _down_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_launch_and_cancel_end_with_one_line_when_the_controller_is_down(slurm, tmp_path: Path):
-    spec = tmp_path / "long.yaml"
-    spec.write_text(LONG)
-    root = tmp_path / "tree"
-    sweep("launch", spec, "--cluster", "slurm", "--root", root)
-    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    spec, root = _one_running_run(tmp_path)
     env = _down_env(tmp_path)
 
     state = root / "long/task_0000/seed11/state.json"
@@ -81,11 +87,7 @@ def test_launch_and_cancel_end_with_one_line_when_the_controller_is_down(slurm, 
 
 
 def test_status_exits_3_when_the_states_are_from_disk_alone(slurm, tmp_path: Path):
-    spec = tmp_path / "long.yaml"
-    spec.write_text(LONG)
-    root = tmp_path / "tree"
-    sweep("launch", spec, "--cluster", "slurm", "--root", root)
-    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    spec, root = _one_running_run(tmp_path)
     assert sweep("status", spec, "--root", root).returncode == 0
     shims = tmp_path / "bin"
     shims.mkdir()
