@@ -31,6 +31,7 @@ metrics     one float column per metric name; ``metric_<name>`` on a clash
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -70,14 +71,17 @@ class CollectReport:
         return [rel for reason, dirs in self.skipped.items() if reason.startswith("corrupt") for rel in dirs]
 
 
-def read_metrics(path: Path | str) -> tuple[list[dict[str, Any]], str | None]:
-    """The records of a metrics.jsonl and its torn last line (None when whole).
+def read_metrics(path: Path | str, limit: int | None = None) -> tuple[list[dict[str, Any]], str | None, str]:
+    """The records of a metrics.jsonl (its first ``limit`` when given), its torn last line (None when
+    whole) and a digest of the bytes of the records returned (collect's two passes compare it).
 
     A last line that is not JSON was cut short by a kill mid-write: only it is dropped. Any
     other bad line raises ValueError naming the line: the file is not what ctx.log writes."""
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    recs, torn = [], None
+    if limit is not None:
+        lines = lines[:limit]
+    recs, torn, digest = [], None, hashlib.blake2b(digest_size=16)
     for i, (n, line) in enumerate(lines):
         try:
             rec = json.loads(line)
@@ -90,7 +94,9 @@ def read_metrics(path: Path | str) -> tuple[list[dict[str, Any]], str | None]:
         if problem:
             raise ValueError(f"line {n}: {problem}")
         recs.append(rec)
-    return recs, torn
+        digest.update(line.rstrip("\n").encode())
+        digest.update(b"\n")
+    return recs, torn, digest.hexdigest()
 
 
 def _record_problem(rec: Any) -> str | None:
@@ -160,7 +166,8 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
     seen_cfg: set[str] = set()
     table = TableBuilder(config_cols)
     manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
-    merged: list[tuple[Run, tuple[Any, ...], int]] = []  # run, its provenance from state.json, records
+    # run, its provenance from state.json, its records' count and digest
+    merged: list[tuple[Run, tuple[Any, ...], int, str]] = []
     for r in runs:
         d = _dir(store, r)
         state = read_state(f"{d}/{st.STATE_FILE}")
@@ -178,7 +185,7 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
             report.skipped.setdefault(f"not completed ({state.get('state')})", []).append(r.rel_dir)
             continue
         try:
-            recs, torn = read_metrics(f"{d}/{METRICS_FILE}")
+            recs, torn, digest = read_metrics(f"{d}/{METRICS_FILE}")
         except FileNotFoundError:
             report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
             continue
@@ -192,7 +199,7 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         seen_cfg.update(r.config)  # seed is already a provenance column
         from_state = (jobs.get(r.rel_dir, state.get("job_id")), *(_intern(state.get(k)) for k in _FROM_STATE))
         table.scan(_provenance(r, from_state), r.config, recs)
-        merged.append((r, from_state, len(recs)))
+        merged.append((r, from_state, len(recs), digest))
         del recs
         report.runs += 1
         report.warnings += _extensions(Path(d), r)
@@ -200,8 +207,8 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
 
     table.start(Path(out), keep_config=seen_cfg)
     try:
-        for r, from_state, n in merged:
-            table.add(_provenance(r, from_state), r.config, _read_again(store, r, n))
+        for r, from_state, n, digest in merged:
+            table.add(_provenance(r, from_state), r.config, _read_again(store, r, n, digest))
         report.rows = table.finish()
     except BaseException:
         table.abort()
@@ -228,18 +235,30 @@ class CollectRace(UserError):
     """A run's metrics changed between collect's two passes in a way appending cannot explain."""
 
 
-def _read_again(store: Store, r: Run, n: int) -> list[dict[str, Any]]:
+def _read_again(store: Store, r: Run, n: int, digest: str) -> list[dict[str, Any]]:
     """The first ``n`` records of the run's metrics.jsonl, which the first pass read (a run still
-    running may have appended more since: they are left out, as they were not there then)."""
+    running may have appended more since: they are left out, as they were not there then).
+
+    They must be the same bytes as then, in a directory that still belongs to ``r``: a relaunch or a
+    resume that rewrote the file between the passes would otherwise put its numbers under the labels
+    (job, start time, state) the first pass read from another attempt."""
+    d = _dir(store, r)
+    info = read_json(f"{d}/{st.RUN_FILE}")
+    if not isinstance(info, dict) or info.get("run_key") != r.run_key:
+        raise CollectRace(f"{r.rel_dir}/{st.RUN_FILE} no longer names run {r.run_key} (taken over while sweep "
+                          "collect read it); nothing was written: run it again")
     try:
-        recs, _ = read_metrics(f"{_dir(store, r)}/{METRICS_FILE}")
+        recs, _, again = read_metrics(f"{d}/{METRICS_FILE}", limit=n)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise CollectRace(f"{r.rel_dir}/{METRICS_FILE} changed while sweep collect read it ({e}); "
                           "nothing was written: run it again") from None
     if len(recs) < n:
         raise CollectRace(f"{r.rel_dir}/{METRICS_FILE} holds {len(recs)} records, {n} a moment ago; nothing "
                           "was written: run it again")
-    return recs[:n]
+    if again != digest:
+        raise CollectRace(f"{r.rel_dir}/{METRICS_FILE}: its first {n} records were rewritten while sweep collect "
+                          "read them; nothing was written: run it again")
+    return recs
 
 
 CHUNK_ROWS = 32_768  # rows per Parquet row group: the most rows held in memory at once

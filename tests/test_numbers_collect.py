@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from launch import collect
 from tests.helpers import sweep
 
 SPEC = """
@@ -77,3 +79,46 @@ def test_a_run_extended_by_sweep_resume_is_named_not_silently_absent(tmp_path: P
     assert p.stderr.strip() == (f"warning: {dirs[0]}: extended by sweep resume as {child.name} (completed): not a "
                                 "run of the spec, so not in the table"), p.stderr
     assert set(pd.read_parquet(tmp_path / "r.parquet")["run_dir"]) == set(dirs)
+
+
+@pytest.mark.parametrize("change, says", [
+    ("rewrite", "its first 2 records were rewritten while sweep collect read them"),
+    ("takeover", "run.json no longer names run"),
+    ("shrink", "holds 1 records, 2 a moment ago"),
+    ("append", None),  # a run still writing adds records: the first pass's two are collected, unchanged
+])
+def test_files_changed_between_collects_two_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   change: str, says: str | None) -> None:
+    """collect reads each run twice (the table is never whole in memory). A relaunch or resume that rewrote
+    a run's records, or took its directory, between the passes must stop it with one line and no table:
+    else the second pass's numbers would go out under the labels the first pass read (issue 12)."""
+    from launch.spec import load_spec
+    from launch.store import Store
+    from launch.tasks import expand
+
+    spec, root, dirs = _tree(tmp_path, [[_val(1, 0.5), _val(2, 0.25)], [_val(1, 0.75), _val(2, 0.125)]])
+    runs = expand(load_spec(spec, root=root))
+    metrics, info = root / dirs[1] / "metrics.jsonl", root / dirs[1] / "run.json"
+    start = collect.TableBuilder.start
+
+    def between_the_passes(self: collect.TableBuilder, *a: object, **k: object) -> None:
+        if change == "rewrite":  # same count, same length of text, another number
+            metrics.write_text(metrics.read_text().replace("0.125", "0.875"))
+        elif change == "takeover":
+            info.write_text(json.dumps(json.loads(info.read_text()) | {"run_key": "f" * 12}))
+        elif change == "shrink":
+            metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+        else:
+            metrics.write_text(metrics.read_text() + json.dumps(_val(3, 0.0)) + "\n")
+        start(self, *a, **k)
+
+    monkeypatch.setattr(collect.TableBuilder, "start", between_the_passes)
+    out = tmp_path / "r.parquet"
+    if says is None:
+        assert collect.collect(runs, Store(root), out).rows == 4
+        df = pd.read_parquet(out)
+        assert sorted(df["accuracy"]) == [0.125, 0.25, 0.5, 0.75]
+        return
+    with pytest.raises(collect.CollectRace, match=says):
+        collect.collect(runs, Store(root), out)
+    assert not out.exists() and not list(tmp_path.glob(".r.parquet*"))
