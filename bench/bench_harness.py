@@ -166,7 +166,7 @@ def record_jobs_figures(n: int, out: Path) -> dict[str, float]:
     return res
 
 
-def settle(quiet_s: float = 3.0) -> None:
+def settle(quiet_s: float = 8.0) -> None:
     """Let the controller finish what the last step gave it (jobs completing after a cancel) and rest a
     moment, so that neither launch pays for the other's jobs; the two then alternate who goes first."""
     for _ in range(60):

@@ -151,11 +151,14 @@ only_option = click.option("--only", default=None, metavar="EXPR",
 def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry_run: bool, retry: str | None,
            retry_failed: bool, concurrency: int | None, no_snapshot: bool, **resources: Any) -> None:
     """Submit the runs of SPEC that are not done yet; returns at once."""
+    from launch.executors import LimitsQuery
     from launch.launcher import launch as do_launch
     from launch.launcher import retry_states
 
     retry_list = [x.strip() for x in (retry or "").split(",") if x.strip()]
     retry_states(retry_failed, retry_list)  # an unknown state: before anything is read
+    # the scheduler's limits are asked for while the spec is read (sacctmgr alone takes 0.3 s)
+    limits_query = LimitsQuery() if cluster == "slurm" else None
     spec, runs = _load(spec_path, root, only)
     if not runs:
         raise UserError(f"--only {only!r} matches no run of {spec_path}")
@@ -165,7 +168,7 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
     if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
         res["mem_gb"] = int(res["mem_gb"])
     do_launch(spec, runs, cluster, retry_failed=retry_failed, retry=retry_list, dry_run=dry_run, resources=res,
-              concurrency=concurrency, echo=click.echo, snapshot=not no_snapshot)
+              concurrency=concurrency, echo=click.echo, snapshot=not no_snapshot, limits_query=limits_query)
 
 
 def _warn_missing_roots(loaded: list[Any]) -> None:

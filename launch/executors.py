@@ -8,6 +8,7 @@ queued, and the runs report their own state on disk.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -19,7 +20,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def max_array_size() -> int:
     return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
-@dataclass
+@dataclasses.dataclass
 class ClusterLimits:
     """What the cluster allows, read before submitting (``scontrol``, ``squeue``)."""
 
@@ -113,6 +113,36 @@ class ClusterLimits:
 
 def cluster_limits(qos: str | None = None) -> ClusterLimits | None:
     """The cluster's limits; None when the scheduler cannot be asked (then nothing is checked)."""
+    return LimitsQuery().result(qos)
+
+
+class LimitsQuery:
+    """The cluster's limits, asked for in a background thread from the moment it is made: `sweep launch`
+    makes it before it reads the spec, so the 0.3 s scontrol, squeue and sacctmgr take (sacctmgr waits on
+    the accounting daemon) overlap the reading; ``result`` waits for the answers."""
+
+    def __init__(self) -> None:
+        self._answers: tuple[ClusterLimits, list[list[str]], list[list[str]], int | None] | None = None
+        self._thread = threading.Thread(target=self._ask, name="sweep-cluster-limits", daemon=True)
+        self._thread.start()
+
+    def _ask(self) -> None:
+        self._answers = _ask_limits()
+
+    def result(self, qos: str | None) -> ClusterLimits | None:
+        """The limits for a launch under ``qos`` (None: the user's default QOS)."""
+        self._thread.join()
+        if self._answers is None:
+            return None
+        limits, assocs, qoses, user_jobs = self._answers
+        limits = dataclasses.replace(limits)
+        _choose_submit_limit(limits, qos, assocs, qoses, user_jobs)
+        return limits
+
+
+def _ask_limits() -> tuple[ClusterLimits, list[list[str]], list[list[str]], int | None] | None:
+    """The partitions, MaxJobCount and the jobs held; where limits are enforced, the user's associations,
+    every QOS's per-user submit limit and the user's jobs. None when the scheduler cannot be asked."""
     # the three questions at once: a busy controller answers each in a tenth of a second or more
     found = _run_at_once([["scontrol", "show", "partition", "-o"], ["scontrol", "show", "config"],
                           ["squeue", "-h", "-r", "-t", "all", "-o", "%i"]], timeout=60)
@@ -135,9 +165,21 @@ def cluster_limits(qos: str | None = None) -> ClusterLimits | None:
                            max_job_count=int(m.group(1)) if m else None,
                            jobs_held=len(held.stdout.split()) if held.returncode == 0 else None)
     enforce = re.search(r"^AccountingStorageEnforce\s*=\s*(\S*)", config.stdout, re.M)
-    if enforce and {"limits", "safe"} & set(enforce.group(1).lower().split(",")):
-        _submit_limit(limits, qos)
-    return limits
+    if not (enforce and {"limits", "safe"} & set(enforce.group(1).lower().split(","))):
+        return limits, [], [], None
+    import getpass
+
+    user = getpass.getuser()
+    # every QOS is asked for: the user's default QOS is known only from the first answer
+    found = _run_at_once([["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}",
+                           "format=MaxSubmit,DefaultQOS"],
+                          ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"],
+                          ["squeue", "-h", "-r", "-u", user, "-o", "%i"]], timeout=60)
+    if found is None:
+        return limits, [], [], None
+    assocs, qoses = ([line.split("|") for line in p.stdout.splitlines()] if p.returncode == 0 else []
+                     for p in found[:2])
+    return limits, assocs, qoses, len(found[2].stdout.split()) if found[2].returncode == 0 else None
 
 
 def _run_at_once(commands: list[list[str]], timeout: float) -> list[subprocess.CompletedProcess[str]] | None:
@@ -162,33 +204,25 @@ def _run_at_once(commands: list[list[str]], timeout: float) -> list[subprocess.C
                 proc.wait()
 
 
-def _submit_limit(limits: ClusterLimits, qos: str | None) -> None:
+def _choose_submit_limit(limits: ClusterLimits, qos: str | None, assocs: list[list[str]], qoses: list[list[str]],
+                         user_jobs: int | None) -> None:
     """The tighter of the user's association MaxSubmitJobs and its QOS's MaxSubmitJobsPerUser, and how
-    many jobs the user has queued or running (what sbatch counts against them). The three questions go
-    at once (every QOS is asked for, as the user's default QOS is known only from the first answer):
-    each sacctmgr waits 0.2-0.3 s on the accounting daemon."""
+    many jobs the user has queued or running (what sbatch counts against them)."""
     import getpass
 
     user = getpass.getuser()
-    found = _run_at_once([["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", "format=MaxSubmit,DefaultQOS"],
-                          ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"],
-                          ["squeue", "-h", "-r", "-u", user, "-o", "%i"]], timeout=60)
-    if found is None:
-        return
-    assocs, qoses, queued = ([line.split("|") for line in p.stdout.splitlines()] if p.returncode == 0 else []
-                             for p in found)
-    limit: list[tuple[int, str]] = []
+    found: list[tuple[int, str]] = []
     for max_submit, default_qos in (row[:2] for row in assocs if len(row) >= 2):
         if max_submit.isdigit():
-            limit.append((int(max_submit), f"user {user}'s MaxSubmitJobs"))
+            found.append((int(max_submit), f"user {user}'s MaxSubmitJobs"))
         qos = qos or default_qos or None
     qos = qos or "normal"
     for row in qoses:
         if len(row) >= 2 and row[0] == qos and row[1].isdigit():
-            limit.append((int(row[1]), f"QOS {qos}'s MaxSubmitJobsPerUser"))
-    if limit and found[2].returncode == 0:
-        limits.max_submit, limits.max_submit_from = min(limit)
-        limits.user_jobs = len(queued)
+            found.append((int(row[1]), f"QOS {qos}'s MaxSubmitJobsPerUser"))
+    if found and user_jobs is not None:
+        limits.max_submit, limits.max_submit_from = min(found)
+        limits.user_jobs = user_jobs
 
 
 def slurm_minutes(text: str) -> int | None:
@@ -213,7 +247,7 @@ def chunks(units: list[list[str]], size: int) -> list[list[list[str]]]:
     return [units[i:i + size] for i in range(0, len(units), size)]
 
 
-@dataclass
+@dataclasses.dataclass
 class Submitted:
     unit: list[str]
     job_id: str

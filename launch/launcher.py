@@ -24,6 +24,7 @@ from launch.executors import (
     DEFAULT_MAX_ARRAY_SIZE,
     DEFAULT_TIME_MIN,
     ClusterLimits,
+    LimitsQuery,
     LocalBackend,
     SlurmBackend,
     Submitted,
@@ -114,7 +115,9 @@ def _finished_since(store: Store, run: Run) -> bool:
 
 def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed: bool = False,
            retry: Collection[str] = (), dry_run: bool = False, resources: dict[str, Any] | None = None,
-           concurrency: int | None = None, echo: Any = print, snapshot: bool = True) -> LaunchPlan:
+           concurrency: int | None = None, echo: Any = print, snapshot: bool = True,
+           limits_query: LimitsQuery | None = None) -> LaunchPlan:
+    """``limits_query``: the cluster's limits, asked for already (the CLI asks before reading the spec)."""
     sset = as_set(spec)
     store = Store(sset.root)
     parts = sset.by_part(runs)  # part name -> its runs: the manifests, locks and jobs files are per part
@@ -132,7 +135,9 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     if down and not dry_run:  # one probe, not sbatch's and submitit's retries (18 s and more)
         raise SchedulerUnreachable(f"sweep launch: the SLURM controller does not answer ({down}); "
                                    "nothing submitted")
-    limits = cluster_limits(res.get("qos")) if cluster == "slurm" and not down else None
+    limits = None
+    if cluster == "slurm" and not down:
+        limits = limits_query.result(res.get("qos")) if limits_query else cluster_limits(res.get("qos"))
     check_cluster(sset, resources or {}, 0, limits)  # partition, time: before anything is written
     if dry_run:
         if down:
