@@ -159,16 +159,20 @@ def launch(spec_path: str, cluster: str, root: str | None, only: str | None, dry
     retry_states(retry_failed, retry_list)  # an unknown state: before anything is read
     # the scheduler's limits are asked for while the spec is read (sacctmgr alone takes 0.3 s)
     limits_query = LimitsQuery() if cluster == "slurm" else None
-    spec, runs = _load(spec_path, root, only)
-    if not runs:
-        raise UserError(f"--only {only!r} matches no run of {spec_path}")
-    res = {k: v for k, v in resources.items() if v not in (None, ())}
-    if "setup" in res:
-        res["setup"] = list(res["setup"])
-    if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
-        res["mem_gb"] = int(res["mem_gb"])
-    do_launch(spec, runs, cluster, retry_failed=retry_failed, retry=retry_list, dry_run=dry_run, resources=res,
-              concurrency=concurrency, echo=click.echo, snapshot=not no_snapshot, limits_query=limits_query)
+    try:
+        spec, runs = _load(spec_path, root, only)
+        if not runs:
+            raise UserError(f"--only {only!r} matches no run of {spec_path}")
+        res = {k: v for k, v in resources.items() if v not in (None, ())}
+        if "setup" in res:
+            res["setup"] = list(res["setup"])
+        if res.get("mem_gb") is not None and float(res["mem_gb"]).is_integer():
+            res["mem_gb"] = int(res["mem_gb"])
+        do_launch(spec, runs, cluster, retry_failed=retry_failed, retry=retry_list, dry_run=dry_run, resources=res,
+                  concurrency=concurrency, echo=click.echo, snapshot=not no_snapshot, limits_query=limits_query)
+    finally:  # a launch that stopped early (a bad spec, the controller down) leaves no scontrol running
+        if limits_query is not None:
+            limits_query.close()
 
 
 def _warn_missing_roots(loaded: list[Any]) -> None:

@@ -123,11 +123,22 @@ class LimitsQuery:
 
     def __init__(self) -> None:
         self._answers: tuple[ClusterLimits, list[list[str]], list[list[str]], int | None] | None = None
+        self._live: list[subprocess.Popen[str]] = []  # the commands started, for close()
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._ask, name="sweep-cluster-limits", daemon=True)
         self._thread.start()
 
     def _ask(self) -> None:
-        self._answers = _ask_limits()
+        self._answers = _ask_limits(self._live, self._closed)
+
+    def close(self) -> None:
+        """Stop asking: the commands still running are killed (a launch that ends early, e.g. with the
+        controller down, leaves no scontrol behind waiting out its timeouts)."""
+        self._closed.set()
+        for proc in list(self._live):
+            if proc.poll() is None:
+                proc.kill()
+        self._thread.join()
 
     def result(self, qos: str | None) -> ClusterLimits | None:
         """The limits for a launch under ``qos`` (None: the user's default QOS)."""
@@ -140,12 +151,13 @@ class LimitsQuery:
         return limits
 
 
-def _ask_limits() -> tuple[ClusterLimits, list[list[str]], list[list[str]], int | None] | None:
+def _ask_limits(live: list[subprocess.Popen[str]] | None = None, closed: threading.Event | None = None
+                ) -> tuple[ClusterLimits, list[list[str]], list[list[str]], int | None] | None:
     """The partitions, MaxJobCount and the jobs held; where limits are enforced, the user's associations,
     every QOS's per-user submit limit and the user's jobs. None when the scheduler cannot be asked."""
     # the three questions at once: a busy controller answers each in a tenth of a second or more
     found = _run_at_once([["scontrol", "show", "partition", "-o"], ["scontrol", "show", "config"],
-                          ["squeue", "-h", "-r", "-t", "all", "-o", "%i"]], timeout=60)
+                          ["squeue", "-h", "-r", "-t", "all", "-o", "%i"]], 60, live, closed)
     if found is None:
         return None
     parts, config, held = found
@@ -174,7 +186,7 @@ def _ask_limits() -> tuple[ClusterLimits, list[list[str]], list[list[str]], int 
     found = _run_at_once([["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}",
                            "format=MaxSubmit,DefaultQOS"],
                           ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU"],
-                          ["squeue", "-h", "-r", "-u", user, "-o", "%i"]], timeout=60)
+                          ["squeue", "-h", "-r", "-u", user, "-o", "%i"]], 60, live, closed)
     if found is None:
         return limits, [], [], None
     assocs, qoses = ([line.split("|") for line in p.stdout.splitlines()] if p.returncode == 0 else []
@@ -182,13 +194,18 @@ def _ask_limits() -> tuple[ClusterLimits, list[list[str]], list[list[str]], int 
     return limits, assocs, qoses, len(found[2].stdout.split()) if found[2].returncode == 0 else None
 
 
-def _run_at_once(commands: list[list[str]], timeout: float) -> list[subprocess.CompletedProcess[str]] | None:
-    """Run ``commands`` side by side; their results in order, or None when one cannot be started or
-    all are not done in ``timeout`` seconds (the others are killed)."""
-    procs: list[subprocess.Popen[str]] = []
+def _run_at_once(commands: list[list[str]], timeout: float, live: list[subprocess.Popen[str]] | None = None,
+                 closed: threading.Event | None = None) -> list[subprocess.CompletedProcess[str]] | None:
+    """Run ``commands`` side by side; their results in order, or None when one cannot be started, all
+    are not done in ``timeout`` seconds (the others are killed) or ``closed`` is set (``live``: where the
+    processes are listed for whoever sets it)."""
+    procs: list[subprocess.Popen[str]] = [] if live is None else live
+    procs.clear()
     try:
         for cmd in commands:
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            if closed is not None and closed.is_set():  # after the append: close() kills what it lists
+                return None
         deadline = time.monotonic() + timeout
         done = []
         for cmd, proc in zip(commands, procs):

@@ -53,7 +53,20 @@ def _down_env(tmp_path: Path) -> dict[str, str]:
         real = shutil.which(tool)
         (shims / tool).write_text(f'#!/bin/sh\necho {tool} >> {tmp_path}/calls\nexec {real} "$@"\n')
         (shims / tool).chmod(0o755)
+    for tool in ("scontrol", "squeue"):  # their pids: none may outlive the command that started it
+        real = shutil.which(tool)
+        (shims / tool).write_text(f'#!/bin/sh\necho $$ >> {tmp_path}/queries\nexec {real} "$@"\n')
+        (shims / tool).chmod(0o755)
     return {"SLURM_CONF": str(down), "PATH": f"{shims}:{os.environ['PATH']}"}
+
+
+def _left_running(tmp_path: Path) -> list[str]:
+    """The scontrol/squeue processes a command started that still run after it ended (they wait out the
+    down controller's timeouts for tens of seconds: launch asks the cluster's limits in the background)."""
+    queries = tmp_path / "queries"
+    pids = queries.read_text().split() if queries.exists() else []
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
 
 
 def test_launch_and_cancel_end_with_one_line_when_the_controller_is_down(slurm, tmp_path: Path):
@@ -75,6 +88,7 @@ def test_launch_and_cancel_end_with_one_line_when_the_controller_is_down(slurm, 
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
     assert len(p.stderr.strip().splitlines()) == 1 and "nothing submitted" in p.stderr, p.stderr
     assert tree_snapshot(root / ".sweep") == before  # no manifest, no jobs file, no submitit pickles
+    assert (tmp_path / "queries").exists() and _left_running(tmp_path) == []
 
     # the dry run still shows the plan, with a warning
     p = sweep("launch", other, "--cluster", "slurm", "--root", root, "--dry-run", env=env)
