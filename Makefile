@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo
 
-.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt reproduce-coconut
+.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt reproduce-coconut reproduce-coconut-depth3
 
 $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,16 @@ reproduce-coconut: venv
 	$(BIN)/sweep summary $(REPRO_COCONUT)/results.parquet
 	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet | tee $(REPRO_COCONUT)/table.md
 	$(BIN)/sweep branching $(REPRO_COCONUT)/checkpoints/reproduce_coconut | tee $(REPRO_COCONUT)/branching.txt
+
+# The same at depth 3 (3-step questions; the paper's four Table-1 modes, one seed): is No-CoT still best?
+REPRO_COCONUT3 ?= $(REPRO)/coconut_depth3
+reproduce-coconut-depth3: venv
+	$(BIN)/sweep launch sweeps/reproduce_coconut_depth3.yaml --cluster local --root $(REPRO_COCONUT3)/checkpoints
+	$(BIN)/sweep wait sweeps/reproduce_coconut_depth3.yaml --root $(REPRO_COCONUT3)/checkpoints
+	$(BIN)/sweep collect sweeps/reproduce_coconut_depth3.yaml --root $(REPRO_COCONUT3)/checkpoints -o $(REPRO_COCONUT3)/results.parquet
+	$(BIN)/sweep plot $(REPRO_COCONUT3)/results.parquet -o $(REPRO_COCONUT3)/plots
+	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT3)/results.parquet | tee $(REPRO_COCONUT3)/table.md
+	$(BIN)/sweep branching $(REPRO_COCONUT3)/checkpoints/reproduce_coconut_depth3 | tee $(REPRO_COCONUT3)/branching.txt
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv
