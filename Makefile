@@ -49,7 +49,7 @@ reproduce-coconut: venv
 	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT)/results.parquet | tee $(REPRO_COCONUT)/table.md
 	$(BIN)/sweep branching $(REPRO_COCONUT)/checkpoints/reproduce_coconut | tee $(REPRO_COCONUT)/branching.txt
 
-# The same at depth 3 (3-step questions; the paper's four Table-1 modes, one seed): is No-CoT still best?
+# The same at depth 3 (3-step questions; the paper's four Table-1 modes, two seeds): is No-CoT still best?
 REPRO_COCONUT3 ?= $(REPRO)/coconut_depth3
 reproduce-coconut-depth3: venv
 	$(BIN)/sweep launch sweeps/reproduce_coconut_depth3.yaml --cluster local --root $(REPRO_COCONUT3)/checkpoints
