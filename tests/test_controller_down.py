@@ -38,7 +38,12 @@ def _one_running_run(tmp_path: Path) -> tuple[Path, Path]:
     spec.write_text(LONG)
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "slurm", "--root", root)
-    wait_for(lambda: counts(spec, root)["running"] == 1, timeout=60, what="the run to start")
+    state = root / "long/task_0000/seed11/state.json"
+
+    def started() -> bool:  # the scheduler says running a moment before the job has written its state
+        return counts(spec, root)["running"] == 1 and state.exists() and '"running"' in state.read_text()
+
+    wait_for(started, timeout=60, what="the run to start and write its state")
     return spec, root
 
 
