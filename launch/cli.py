@@ -102,14 +102,20 @@ def _load(spec_path: str, root: str | None, only: str | None = None) -> tuple[Sp
 
 
 def _distinct_runs(loaded: list[tuple[SpecSet, list[Run]]]) -> list[Run]:
-    """The runs of several specs, each once (a composite and one of its parts may both be named)."""
-    seen: set[str] = set()
+    """The runs of several specs, each once (a composite and one of its parts may both be named).
+    Two specs that name different runs in one directory cannot both be right about it: a UserError,
+    rather than keeping whichever came first (its numbers would then stand for the other's runs)."""
+    seen: dict[str, Run] = {}
     out = []
     for _, runs in loaded:
         for r in runs:
-            if r.rel_dir not in seen:
-                seen.add(r.rel_dir)
+            first = seen.get(r.rel_dir)
+            if first is None:
+                seen[r.rel_dir] = r
                 out.append(r)
+            elif first.run_key != r.run_key:
+                raise UserError(f"{r.rel_dir}: spec {first.spec!r} names run {first.run_key} there and spec "
+                                f"{r.spec!r} run {r.run_key}; name one of them")
     return out
 
 

@@ -25,12 +25,14 @@ provenance  spec, experiment, group, task, seed, run_key, run_dir, job_id,
 record      step, split, length (nullable), time
 config      one column per resolved config parameter (lists/dicts as JSON);
             ``config_<name>`` when it is named like a provenance column
-metrics     one float column per metric name; ``metric_<name>`` on a clash
+metrics     one float column per metric name; ``metric_<name>`` on a clash; null where a
+            record did not log the metric, NaN where it logged NaN
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -76,8 +78,10 @@ def read_metrics(path: Path | str, limit: int | None = None) -> tuple[list[dict[
     whole) and a digest of the bytes of the records returned (collect's two passes compare it).
 
     A last line that is not JSON was cut short by a kill mid-write: only it is dropped. Any
-    other bad line raises ValueError naming the line: the file is not what ctx.log writes."""
-    with open(path) as f:
+    other bad line raises ValueError naming the line: the file is not what ctx.log writes. A symlink
+    raises OSError ELOOP: a run never writes its metrics through one (ctx.log refuses to), so a link is
+    another run's file, whose numbers must not be labelled as this run's."""
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW)) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     if limit is not None:
         lines = lines[:limit]
@@ -109,6 +113,15 @@ def _record_problem(rec: Any) -> str | None:
     step = rec.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         return f"step must be an integer, got {step!r}"
+    if not -2**63 <= step < 2**63:  # the column is int64: out of range it failed the whole table
+        return f"step {step} is out of range"
+    length = rec.get("length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or abs(length) >= 2**63):
+        # true would become length 1 and pass for the real length-1 record
+        return f"length must be an integer or null, got {length!r}"
+    t = rec.get("time")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        return f"time must be a number of seconds, got {t!r}"
     # A metric is a number (or null): text or a list would become NaN in the float column, and a mean
     # over a run's lengths would then quietly be a mean over fewer of them.
     bad = next(((k, v) for k, v in rec["metrics"].items()
@@ -172,6 +185,11 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
         d = _dir(store, r)
         state = read_state(f"{d}/{st.STATE_FILE}")
         if not state:
+            if os.path.lexists(f"{d}/{METRICS_FILE}"):  # it trained: state.json was written before that
+                report.skipped.setdefault("corrupt state.json", []).append(r.rel_dir)
+                report.problems[r.rel_dir] = (f"{st.STATE_FILE} is {'empty' if state == {} else 'missing'} beside "
+                                              f"its {METRICS_FILE}: cannot tell whether the run completed")
+                continue
             report.skipped.setdefault("not started", []).append(r.rel_dir)
             continue
         foreign = _not_own(store, r, manifests[r.spec])
@@ -180,18 +198,35 @@ def collect(runs: list[Run], store: Store, out: Path, include_incomplete: bool =
             continue
         if state.get("_corrupt"):
             report.skipped.setdefault("corrupt state.json", []).append(r.rel_dir)
+            if state.get("_why"):
+                report.problems[r.rel_dir] = f"{st.STATE_FILE}: {state['_why']}"
             continue
         if state.get("state") != st.COMPLETED and not include_incomplete:
             report.skipped.setdefault(f"not completed ({state.get('state')})", []).append(r.rel_dir)
             continue
+        completed = state.get("state") == st.COMPLETED
         try:
             recs, torn, digest = read_metrics(f"{d}/{METRICS_FILE}")
         except FileNotFoundError:
-            report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
+            if completed:  # a completed run's numbers are missing: the table is not whole
+                report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
+                report.problems[r.rel_dir] = f"completed, but it has no {METRICS_FILE}"
+            else:
+                report.skipped.setdefault("no metrics.jsonl", []).append(r.rel_dir)
+            continue
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            report.foreign[r.rel_dir] = (f"{METRICS_FILE} is a symbolic link (to {os.readlink(f'{d}/{METRICS_FILE}')}): "
+                                         "not a file this run wrote")
             continue
         except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
             report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
             report.problems[r.rel_dir] = f"{METRICS_FILE}: {e}"
+            continue
+        if completed and not recs:
+            report.skipped.setdefault("corrupt metrics.jsonl", []).append(r.rel_dir)
+            report.problems[r.rel_dir] = f"completed, but its {METRICS_FILE} holds no records"
             continue
         if torn:
             report.warnings.append(f"{r.rel_dir}/{METRICS_FILE}: dropped its last line, cut short "
@@ -382,6 +417,7 @@ class TableBuilder:
 
     def _flush(self) -> None:
         n = len(self.columns["step"])
+        raw = {c: self.columns[c] for c in self.metric_cols.values()}
         df, _ = _typed_frame(self.columns, self.metric_cols, self.cfg_col, self.as_text)
         self.columns = {c: [] for c in self.names}
         for c, dtype in self.dtypes.items():  # e.g. ints, in a table where other rows hold none: float64,
@@ -389,6 +425,9 @@ class TableBuilder:
                 df[c] = df[c].astype("float64")
         table = pa.Table.from_pandas(df, schema=self.schema, preserve_index=False)
         del df
+        for c, values in raw.items():  # pandas made both NaN; the file keeps them apart
+            i = self.schema.get_field_index(c)
+            table = table.set_column(i, self.schema.field(i), _metric_array(values))
         self.writer.write_table(table)
         self.written += n
 
@@ -429,6 +468,12 @@ def write_table(records: list[tuple[dict[str, Any], dict[str, Any], list[dict[st
     except BaseException:
         table.abort()
         raise
+
+
+def _metric_array(values: list[Any]) -> pa.Array:
+    """A metric column as float64 with null where a record did not log the metric and NaN where it
+    logged NaN (a diverged run measured NaN: not the same as not measured; pandas would merge them)."""
+    return pa.array([None if v is None else float(v) for v in values], type=pa.float64(), from_pandas=False)
 
 
 def _typed_frame(columns: dict[str, list[Any]], metric_cols: dict[str, str], cfg_col: dict[str, str],

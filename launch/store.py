@@ -21,6 +21,7 @@ half a file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -70,8 +71,10 @@ def write_json(path: Path | str, data: Any) -> None:
 
 def read_bytes(path: Path | str) -> bytes:
     """A file's bytes through plain os calls: a third of ``open().read()``'s time on the small files
-    ``sweep status`` reads per run (no file object, no text wrapper)."""
-    fd = os.open(path, os.O_RDONLY)
+    ``sweep status`` reads per run (no file object, no text wrapper). A symlink is refused (OSError
+    ELOOP): the harness never writes one (it replaces files, it does not write through links), so a
+    link is a file some other run or person put there, not this run's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         data = os.read(fd, 65536)
         if len(data) < 65536:  # a regular file's read is short only at its end
@@ -92,6 +95,10 @@ def read_json(path: Path | str) -> dict[str, Any] | None:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"_corrupt": True}
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # a symlink: not a file the harness wrote (see read_bytes)
+            return {"_corrupt": True, "_why": "a symbolic link, not a file the harness wrote"}
+        raise
     return data if isinstance(data, dict) else {"_corrupt": True}
 
 
