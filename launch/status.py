@@ -21,7 +21,7 @@ from typing import Any
 from launch import store as st
 from launch.experiment import PROGRESS_FILE
 from launch.local_procs import is_local_worker, local_queue_alive
-from launch.store import Store, read_cancelled, read_jobs, read_json, read_state
+from launch.store import Store, read_bytes, read_cancelled, read_jobs, read_json, read_state
 from launch.tasks import Run
 
 NOT_SUBMITTED, PENDING, RUNNING, COMPLETED, FAILED, REQUEUED = (
@@ -226,6 +226,9 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
     local_alive: dict[str, bool | None] = {}
     progress_file = "/" + PROGRESS_FILE
     manifests = {spec: store.manifest_runs(spec) for spec in sorted({r.spec for r in runs})}
+    # specs whose headline value is shown: metrics.jsonl is read for each of their runs
+    shown = {spec for spec in manifests if details and (headlines or {}).get(spec)}
+    run_file = "/" + st.RUN_FILE
     out = []
     for r in runs:
         d = disk[r.rel_dir] or {}
@@ -235,7 +238,12 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
         entry = manifests[r.spec].get(r.rel_dir)
         if d.get("run_key") == key and entry.__class__ is dict and entry.get("run_key") == key \
                 and not d.get("_unstarted"):
-            foreign = None  # the common case, as identity_problem finds it (state.json's key is the run's)
+            # the common case, as identity_problem finds it (state.json's key is the run's). A headline
+            # shown is a number from metrics.jsonl, which state.json does not vouch for: run.json, written
+            # with it, does (as collect checks), so then it is read too (a run.json replaced by another
+            # run's, state.json kept, must not put that run's number under this run's parameters)
+            foreign = _run_file_problem(store, r, manifests[r.spec], base + r.rel_dir + run_file) \
+                if r.spec in shown else None
         else:
             # run.json exists only once the run started, and then so does state.json, where the job
             # also records its run key (one file read fewer per run at 10,000 runs)
@@ -314,6 +322,19 @@ def _identity(store: Store, r: Run, d: dict[str, Any]) -> dict[str, Any] | None:
     return read_json(store.run_dir(r) / st.RUN_FILE)
 
 
+def _run_file_problem(store: Store, r: Run, manifest: dict[str, Any], path: str) -> str | None:
+    """Why the run.json at ``path`` is not ``r``'s (as identity_problem says), or None when it is or is
+    missing. Its bytes are searched for the run key as write_json writes it before any JSON is parsed
+    (at 10,000 runs, parsing each run.json added ~15 % to `status -v`, the search ~8 %); a file written
+    otherwise is parsed, only slower."""
+    try:
+        if f'"run_key": "{r.run_key}"'.encode() in read_bytes(path):
+            return None
+    except OSError:
+        pass  # missing, a symlink, unreadable: read_json says which
+    return store.identity_problem(r, manifest, read_json(path))
+
+
 def _recovered(names: object) -> str:
     """The status reason of a run that resumed past resume states failing verification."""
     shown = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
@@ -364,21 +385,48 @@ def _last_line(text: str | None) -> str | None:
 def headline_value(store: Store, r: Run, headline: str, tail_bytes: int = 65536) -> tuple[float | None, int | None]:
     """The headline metric (``<split>/<name>``) at the last step the run logged it, and that step: the
     mean over the lengths logged at that step (gen/exact_match_acc of K 17..32); (None, None) when the
-    end of metrics.jsonl holds none."""
+    end of metrics.jsonl holds none, or when metrics.jsonl is a symlink (a file the run did not write:
+    the harness writes it with O_NOFOLLOW, so a link there holds another run's numbers)."""
     split, _, name = headline.partition("/")
     try:  # plain os calls (no file object): a third of this function's time at 50,000 runs
-        fd = os.open(f"{os.fspath(store.root)}/{r.rel_dir}/metrics.jsonl", os.O_RDONLY)
+        fd = os.open(f"{os.fspath(store.root)}/{r.rel_dir}/metrics.jsonl", os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            tail = os.read(fd, tail_bytes)
+            tail, start = os.read(fd, tail_bytes), 0
             if len(tail) == tail_bytes:  # else (short: the end) the whole file, most often
                 size = os.fstat(fd).st_size
-                tail = os.pread(fd, tail_bytes, max(0, size - tail_bytes))
+                start = max(0, size - tail_bytes)
+                tail = os.pread(fd, tail_bytes, start)
+            step, values, whole = _last_step(tail, start > 0, split, name)
+            # the tail began inside the last step's records: the lengths before it would be left out
+            # of the mean without a word, so read further back (rare: the common case reads once)
+            while values and not whole and start > 0:
+                more = min(start, len(tail))  # double what is read
+                start -= more
+                chunk = os.pread(fd, more, start)
+                if len(chunk) != more:  # the file shrank under us (rewritten in place): no sure value
+                    return None, None
+                tail = chunk + tail
+                step, values, whole = _last_step(tail, start > 0, split, name)
         finally:
             os.close(fd)
-    except OSError:
+    except OSError:  # missing, unreadable, or a symlink (ELOOP)
         return None, None
+    return (sum(values.values()) / len(values), step) if values else (None, None)
+
+
+def _last_step(tail: bytes, cut: bool, split: str, name: str) -> tuple[Any, dict[Any, float], bool]:
+    """The last step in ``tail`` (the end of a metrics.jsonl) that logged ``split``/``name``, its value
+    per length, and whether a record of an earlier step was seen before it (so that no record of the
+    last step lies before ``tail``). ``cut``: ``tail`` starts mid-file, its first line maybe torn.
+
+    A length logged twice at the last step (a resumed attempt that logged the step again) counts
+    once, with its last value, as analysis.load.drop_rerun_duplicates merges such re-logs: each copy
+    counted as a length of its own would weigh the discarded attempt into the mean."""
     lines = tail.decode(errors="replace").splitlines()
-    step, values = None, []
+    if cut:
+        lines = lines[1:]
+    step: Any = None
+    values: dict[Any, float] = {}
     quoted_name, quoted_split = f'"{name}"', f'"{split}"'
     for line in reversed(lines):
         if quoted_name not in line or quoted_split not in line:  # most lines: no JSON parse
@@ -392,12 +440,15 @@ def headline_value(store: Store, r: Run, headline: str, tail_bytes: int = 65536)
         value = rec["metrics"].get(name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if step is None:
+        if not values:
             step = rec.get("step")
         elif rec.get("step") != step:
-            break
-        values.append(float(value))
-    return (sum(values) / len(values), step) if values else (None, None)
+            return step, values, True
+        length = rec.get("length")
+        key = length if length is None or isinstance(length, (int, float, str)) else \
+            json.dumps(length, sort_keys=True, default=str)  # a list or dict is not hashable
+        values.setdefault(key, float(value))  # going backwards: the first seen is the last logged
+    return step, values, False
 
 
 def counts(statuses: list[RunStatus]) -> dict[str, int]:
