@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -46,6 +47,9 @@ def main() -> None:
     p.add_argument("--nodes", type=int, nargs=2, default=[6, 8])
     p.add_argument("--path", type=int, nargs=2, default=[2, 2])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine: linear warmup over --warmup steps, then cosine decay to 0 at --steps")
+    p.add_argument("--warmup", type=int, default=200)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = CoconutExperiment().defaults() | dict(
@@ -60,6 +64,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(model_config_of(cfg), tok)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.01)
+    if a.schedule == "cosine":  # not the reference's protocol (constant lr): a probe of what decay adds
+        def factor(s: int) -> float:
+            return min(1.0, (s + 1) / a.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     step, epoch, t0 = 0, 0, time.time()
     while step < a.steps:
         for batch in epoch_batches(train, 0, cur, ids, a.bs, np.random.default_rng([0, epoch])):
@@ -68,6 +76,8 @@ def main() -> None:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if a.schedule == "cosine":
+                sched.step()
             step += 1
             if step % a.every == 0 or step == a.steps:
                 train_s = time.time() - t0
