@@ -373,9 +373,12 @@ def _same_kind(value: Any, want: Any) -> bool:
 
 
 def _check_finite(value: Any, file: str, key: str) -> None:
-    """NaN and ±inf make a run meaningless: refused wherever they sit (lists and mappings included)."""
+    """NaN and ±inf make a run meaningless: refused wherever they sit (lists and mappings included); so
+    is an integer beyond 64 bits, which no table column holds (collect failed on it after the runs)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(file, key, f"must be a finite number, got {value}")
+    if isinstance(value, int) and not -2**63 <= value < 2**63:
+        raise SpecError(file, key, f"must fit in a 64-bit integer, got {value}")
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_finite(item, file, f"{key}[{i}]")

@@ -183,6 +183,12 @@ def launch_nan_axis_value(tmp: Path) -> list[str]:
             "--cluster", "local", "--root", "tree"]
 
 
+@case("spec.yaml: axes[0].values[1]: must fit in a 64-bit integer, got 18446744073709551617")
+def launch_axis_value_beyond_64_bits(tmp: Path) -> list[str]:
+    return ["launch", spec(tmp, "experiment: noop\npath: 'y{y}/seed{seed}'\naxes:\n  - {y: [1, 18446744073709551617]}\n"),
+            "--cluster", "local", "--root", "tree"]
+
+
 @case("spec.yaml: fixed.lengths[1]: must be a finite number, got -inf")
 def launch_infinite_list_element(tmp: Path) -> list[str]:
     return ["launch", spec(tmp, "experiment: noop\npath: 's{seed}'\nfixed: {lengths: [1, -.inf]}\naxes: []\n"),
