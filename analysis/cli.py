@@ -60,7 +60,8 @@ def plot_command(results: Path, out_dir: Path, step: int | None, only: str | Non
 def summary_command(results: Path, fmt: str, step: int | None, at: str, experiment: str | None,
                     out_dir: Path) -> None:
     """Print the table researchers quote: OOD exact match per configuration and train K
-    (sortgpt), best validation epoch per feedback mode (coconut). --format sort-llm writes
+    (sortgpt), best validation epoch per feedback mode, split by any other parameter its runs differ
+    in (coconut). --format sort-llm writes
     the sort-llm reference's summary.csv and min_k_thresholds.csv instead (sortgpt)."""
     from analysis.load import families_in, family_frame, missing_notes, read_results
     from analysis.summary import (
@@ -123,7 +124,9 @@ def summary_command(results: Path, fmt: str, step: int | None, at: str, experime
                      "the reference's last evaluation step" if at == "last-eval" else f"step {step}")
             texts.append(sortgpt_csv(cells, thresholds) if fmt == "csv" else sortgpt_markdown(cells, thresholds, label))
         else:
-            best = coconut_best_epochs(coconut_run_epochs(rows))
+            runs, more = coconut_run_epochs(rows)
+            notes += more
+            best = coconut_best_epochs(runs)
             texts.append(best.to_csv(index=False) if fmt == "csv" else coconut_markdown(best))
     print_notes(notes)
     click.echo("\n".join(texts), nl=False)

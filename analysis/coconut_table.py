@@ -8,6 +8,9 @@ paper's ProsQA figure for the same method (Hao et al. 2024, Table 1: pretrained 
 the paper has no such row or no ProsQA figure) — side by side, not comparable (see REPRODUCTION.md).
 Every number of a row is over the same n runs: a run that did not complete, or lacks its validation or
 test accuracy, is left out of all of them and named on stderr (``note: ...``).
+The table has one row per mode, as the paper's: runs of one mode that differ in another parameter (two
+learning rates, two graph depths: two specs collected into one file) are refused (``error: ...``, exit 2)
+rather than averaged into one row; ``sweep summary`` splits its rows by such parameters instead.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import pandas as pd
 
 from analysis.load import metric_column, read_results
-from analysis.summary import mean_std, mode_rank
+from analysis.summary import coconut_split_columns, describe_values, mean_std, mode_rank
 from launch.errors import UserError
 
 # Our mode -> (the paper's Table 1 row, its ProsQA accuracy in %). pause_as_thought is Meta's "pause as
@@ -41,10 +44,14 @@ def coconut_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         name = run["run_dir"].iloc[0] if "run_dir" in run else key
         state = run["state"].iloc[-1] if "state" in run else "completed"
         val = run[(run["split"] == "val") & run[acc].notna()]
-        test = run[(run["split"] == "test") & run[acc].notna()]
+        test = run[run["split"] == "test"]
         problems = [f"state {state}"] if state != "completed" else []
         problems += ["no validation accuracy"] if val.empty else []
-        problems += ["no test accuracy"] if test.empty else []
+        if test.empty:
+            problems.append("no test accuracy")
+        elif pd.isna(test[acc].iloc[-1]):
+            # Its last test record, NaN included: a run that diverged must not show an earlier record's accuracy.
+            problems.append("test accuracy is NaN")
         if problems:
             # Its NaN would drop out of one mean but not out of n: n would not be what the means are over.
             notes.append(f"coconut run {name}: {', '.join(problems)}; left out")
@@ -54,7 +61,19 @@ def coconut_runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows, columns=["feedback_mode", "best_val", "test", "test_formed"]), notes
 
 
+def one_configuration_per_mode(frame: pd.DataFrame) -> None:
+    """Raise UserError naming the parameters (and their values) in which runs of one feedback mode differ:
+    each row stands next to one paper figure, and a mean over two configurations is neither's accuracy."""
+    rows = frame[frame["experiment"] == "coconut"]
+    split = coconut_split_columns(rows)
+    if split:
+        raise UserError(f"runs of one feedback mode differ in {describe_values(rows, split)}; this table has one "
+                        "row per mode: make it from one configuration's runs (`sweep summary` splits its rows "
+                        "by them)")
+
+
 def coconut_table(frame: pd.DataFrame) -> pd.DataFrame:
+    one_configuration_per_mode(frame)
     runs, _ = coconut_runs(frame)
     out = runs.groupby("feedback_mode").agg(n=("best_val", "size"), best_val_mean=("best_val", "mean"),
                                             best_val_std=("best_val", "std"), test_mean=("test", "mean"),

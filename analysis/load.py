@@ -3,14 +3,20 @@
 The table has one row per metrics record (schema in the project brief). Everything here
 is family-neutral except the small column lists in ``FAMILY_COLUMNS`` and the derived
 sortgpt columns in ``sortgpt_frame``.
+
+A metric cell is null where the record did not log that metric and NaN where it logged NaN (a
+run that diverged). pandas reads both as NaN; the Parquet's validity bitmap tells them apart
+where that matters: merging a record logged twice (:func:`drop_rerun_duplicates`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from launch.errors import UserError
@@ -52,7 +58,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise UserError(f"{path}: holds no records")
     frame, notes = one_directory_per_run(frame)
-    frame = drop_rerun_duplicates(frame)
+    frame = drop_rerun_duplicates(frame, logged_nans(table))
     frame.attrs["notes"] = notes  # for the caller to print (note: ...)
     return frame
 
@@ -75,7 +81,21 @@ def one_directory_per_run(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         drop += others
         notes.append(f"{', '.join(others)}: same configuration and seed as {kept} (run key {run_key}): "
                      f"counted once, as {kept}")
-    return frame[~frame["run_dir"].isin(drop)].reset_index(drop=True), notes
+    # The index is kept: it lines the rows up with logged_nans (read_results resets it after the merge).
+    return frame[~frame["run_dir"].isin(drop)], notes
+
+
+def logged_nans(table: pa.Table) -> pd.DataFrame:
+    """Where a record logged NaN: one bool column per float column that holds a NaN value (null, a
+    metric the record did not log, is not NaN here), indexed like ``table.to_pandas()``. Usually
+    empty; one vectorised pass per float column, cheap for millions of rows."""
+    found = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_floating(column.type):
+            nan = pc.fill_null(pc.is_nan(column), False)
+            if pc.any(nan).as_py():
+                found[name] = nan.to_numpy(zero_copy_only=False)
+    return pd.DataFrame(found, index=pd.RangeIndex(table.num_rows))
 
 
 def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, family: str = "") -> None:
@@ -86,17 +106,31 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], path: Path, f
         raise UserError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names}{need}")
 
 
-def drop_rerun_duplicates(frame: pd.DataFrame) -> pd.DataFrame:
-    """Merge the rows that share a record key: the latest non-missing value of each column wins.
+def drop_rerun_duplicates(frame: pd.DataFrame, logged_nan: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Merge the rows that share a record key: the latest logged value of each column wins.
 
     A rerun (requeue, resume past the last checkpoint) can log a record a second time;
     keeping one row per (run, step, split, length) is what keeps means and counts honest.
-    ``groupby.last`` skips NaN, so two records of one step with different metrics merge.
+    A metric the later record did not log (null) comes from an earlier one, so two records of
+    one step with different metrics merge. A NaN the later record logged (``logged_nan``, see
+    :func:`logged_nans`; indexed like ``frame``) wins like any value: the rerun diverged, and
+    the discarded attempt's number must not stand in for it.
     """
     if not frame.duplicated(RECORD_KEY).any():
         return frame.reset_index(drop=True)
     ordered = frame.sort_values("time", kind="stable")
-    merged = ordered.groupby(RECORD_KEY, dropna=False, sort=False).last().reset_index()
+    groups = ordered.groupby(RECORD_KEY, dropna=False, sort=False)
+    merged = groups.last()  # the latest non-NaN value: right wherever no NaN was logged
+    if logged_nan is not None and len(logged_nan.columns):
+        group_of = groups.ngroup().to_numpy()  # numbered like merged's rows (both: order of first appearance)
+        for name in logged_nan.columns.difference(RECORD_KEY):
+            nan = logged_nan[name].reindex(ordered.index, fill_value=False).to_numpy(dtype=bool)
+            logged = np.flatnonzero(nan | ordered[name].notna().to_numpy())
+            # The latest logged record of each group: the last of its positions in time order.
+            latest = pd.Series(logged).groupby(group_of[logged]).max()
+            diverged = latest.index.to_numpy()[nan[latest.to_numpy()]]
+            merged.iloc[diverged, merged.columns.get_loc(name)] = np.nan
+    merged = merged.reset_index()
     return merged[frame.columns].astype(frame.dtypes.to_dict())
 
 

@@ -4,7 +4,9 @@ sortgpt: OOD exact match vs test K per (layers, MLP) panel; a heatmap of mean OO
 match over train K x configuration, LayerNorm vs none side by side; ID vs OOD scatter;
 training curves per architecture; OOD exact match vs training budget when the table holds
 runs of several budgets (the grid's figures then show the most common budget). coconut: validation accuracy per epoch with the
-latent-stage switches marked; loss curves; the best-epoch table.
+latent-stage switches marked; loss curves; the best-epoch table — a curve (row) per feedback mode, or per mode and
+configuration when runs of one mode differ in another parameter (labelled ``continuous (lr=0.001)``, one colour
+per mode, a line style per configuration).
 
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot): PNGs are
 rendered by the Agg canvas and nothing global is switched. Colours are fixed per
@@ -43,6 +45,8 @@ from analysis.summary import (
     arch_columns,
     budget_columns,
     coconut_best_epochs,
+    coconut_cell_columns,
+    coconut_label,
     coconut_run_epochs,
     mode_rank,
     order_cells,
@@ -61,6 +65,8 @@ MODE_COLORS = {"continuous": "#1f77b4", "frozen": "#ff7f0e", "learned_shared": "
                "pause_curriculum": "#d62728", "pause_multipass": "#9467bd", "cot": "#8c564b",
                "no_cot": "#7f7f7f", "pause_as_thought": "#e377c2", "no_thoughts": "#bcbd22"}
 ARCH_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+# Configurations of one feedback mode (same colour) told apart by line style.
+VARIANT_LINESTYLES = ["-", "--", ":", "-."]
 HEATMAP_CMAP = "viridis"
 DPI = 110
 
@@ -408,11 +414,34 @@ def training_figures(rows: pd.DataFrame, train_ks: list[int]) -> Iterator[Render
 # -- coconut -------------------------------------------------------------------------
 
 def coconut_figures(rows: pd.DataFrame) -> tuple[list[Rendered], list[str]]:
-    return [val_accuracy_figure(rows), loss_figure(rows), best_epoch_figure(rows)], []
+    best, notes = best_epoch_figure(rows)
+    return [val_accuracy_figure(rows), loss_figure(rows), best], notes
 
 
-def ordered_modes(frame: pd.DataFrame) -> list[str]:
-    return sorted(frame["feedback_mode"].unique(), key=lambda m: (mode_rank(m), m))
+def mode_curves(ax: Axes, data: pd.DataFrame, cells: list[str]) -> None:
+    """A mean ± std curve per cell of ``data`` (feedback mode, and the configuration columns in which
+    runs of a mode differ), in mode order: the mode's colour, a line style per configuration."""
+    keys = sorted({tuple(v) for v in data[cells].itertuples(index=False)},
+                  key=lambda k: (mode_rank(k[0]), str(k[0]), tuple(str(v) for v in k[1:])))
+    seen: dict[str, int] = {}
+    for key in keys:
+        line = data[np.logical_and.reduce([data[c] == v for c, v in zip(cells, key, strict=True)])]
+        variant = seen[key[0]] = seen.get(key[0], -1) + 1
+        band(ax, line["step"], line["mean"], line["std"], color=mode_color(key[0]),
+             linestyle=VARIANT_LINESTYLES[variant % len(VARIANT_LINESTYLES)],
+             label=coconut_label(dict(zip(cells, key, strict=True))))
+
+
+def mode_legend(fig: Figure, handles: list, labels: list[str], cells: list[str]) -> None:
+    """The legend of the mode curves under the panels: up to 5 columns of short labels; labels that
+    name a configuration (long) get fewer columns, and the figure grows by their rows."""
+    longest = max((len(label) for label in labels), default=1)
+    ncols = max(1, min(len(labels), 5, 110 // (longest + 6)))
+    rows = -(-len(labels) // ncols)
+    if rows > 2:
+        fig.set_figheight(fig.get_figheight() + 0.2 * (rows - 2))
+    title = "feedback mode" if cells == ["feedback_mode"] else f"feedback mode ({', '.join(cells[1:])})"
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, title=title)
 
 
 def stage_boundaries(rows: pd.DataFrame, val: pd.DataFrame) -> tuple[list[float], str]:
@@ -438,12 +467,11 @@ def mark_stages(ax: Axes, boundaries: list[float]) -> None:
 def val_accuracy_figure(rows: pd.DataFrame) -> Rendered:
     accuracy = metric_column(rows, "accuracy")
     val = rows[(rows["split"] == "val") & rows[accuracy].notna()]
-    data = mean_std_over_runs(val, ["feedback_mode", "step"], accuracy)
+    cells = coconut_cell_columns(rows)  # never a mean over runs of two configurations of one mode
+    data = mean_std_over_runs(val, [*cells, "step"], accuracy)
     fig = Figure(figsize=(9.0, 4.8), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    for mode in ordered_modes(data):
-        line = data[data["feedback_mode"] == mode]
-        band(ax, line["step"], line["mean"], line["std"], color=mode_color(mode), label=mode)
+    mode_curves(ax, data, cells)
     boundaries, note = stage_boundaries(rows, val)
     mark_stages(ax, boundaries)
     percent_axis(ax)
@@ -452,7 +480,7 @@ def val_accuracy_figure(rows: pd.DataFrame) -> Rendered:
     ax.set_ylabel("validation accuracy (% of answers)")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), title="feedback mode")
+    mode_legend(fig, handles, labels, cells)
     fig.suptitle("coconut: validation accuracy per epoch (mean ± std over seeds)" + (f"\n{note}" if note else ""))
     return Rendered("coconut_val_accuracy", fig, data.rename(columns={"step": "epoch", "mean": "accuracy_mean",
                                                                       "std": "accuracy_std"}))
@@ -471,11 +499,10 @@ def loss_figure(rows: pd.DataFrame) -> Rendered:
     axes = fig.subplots(1, 2)
     tables = []
     boundaries, note = stage_boundaries(rows, val)
+    cells = coconut_cell_columns(rows)
     for ax, (title, source, xlabel) in zip(axes, panels, strict=True):
-        data = mean_std_over_runs(source, ["feedback_mode", "step"], loss)
-        for mode in ordered_modes(data):
-            line = data[data["feedback_mode"] == mode]
-            band(ax, line["step"], line["mean"], line["std"], color=mode_color(mode), label=mode)
+        data = mean_std_over_runs(source, [*cells, "step"], loss)
+        mode_curves(ax, data, cells)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if xlabel == "epoch":
             mark_stages(ax, boundaries)
@@ -485,26 +512,38 @@ def loss_figure(rows: pd.DataFrame) -> Rendered:
         ax.grid(alpha=0.3)
         tables.append(data.assign(split="val" if source is val else "train", x_unit=xlabel))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), title="feedback mode")
+    mode_legend(fig, handles, labels, cells)
     fig.suptitle("coconut: loss curves (mean ± std over seeds" + (f"; {note})" if note else ")"))
     return Rendered("coconut_loss", fig, pd.concat(tables, ignore_index=True).rename(
         columns={"mean": "loss_mean", "std": "loss_std"}))
 
 
-def best_epoch_figure(rows: pd.DataFrame) -> Rendered:
-    """The best-epoch table, drawn as a table (the CSV holds the same numbers)."""
-    best = coconut_best_epochs(coconut_run_epochs(rows))
-    cells = [[mode, f"{100 * m:.1f}" + ("" if np.isnan(s) else f" ± {100 * s:.1f}"), f"{e:.1f}",
-              f"{100 * f:.1f}", str(n)]
-             for mode, m, s, e, f, n in best[["feedback_mode", "best_val_accuracy_mean", "best_val_accuracy_std",
-                                              "best_epoch_mean", "final_val_accuracy_mean", "n_runs"]]
-             .itertuples(index=False)]
-    fig = Figure(figsize=(9.0, 0.36 * len(cells) + 1.2), dpi=DPI, layout="constrained")
+def percent_text(value: float) -> str:
+    """A fraction in percent; NaN (a run that diverged) stays NaN."""
+    return "NaN" if np.isnan(value) else f"{100 * value:.1f}"
+
+
+def best_epoch_figure(rows: pd.DataFrame) -> tuple[Rendered, list[str]]:
+    """The best-epoch table, drawn as a table (the CSV holds the same numbers), and notes on NaNs."""
+    runs, notes = coconut_run_epochs(rows)
+    best = coconut_best_epochs(runs)
+    keys = coconut_cell_columns(best)
+    modes = list(best["feedback_mode"])
+    cells = [[coconut_label(dict(zip(keys, key, strict=True))),
+              percent_text(m) + ("" if np.isnan(s) else f" ± {100 * s:.1f}"), "NaN" if np.isnan(e) else f"{e:.1f}",
+              percent_text(f), str(n)]
+             for key, m, s, e, f, n in zip(best[keys].itertuples(index=False), best["best_val_accuracy_mean"],
+                                           best["best_val_accuracy_std"], best["best_epoch_mean"],
+                                           best["final_val_accuracy_mean"], best["n_runs"], strict=True)]
+    # The first column widens with its labels (a mode and the configuration it is split by).
+    label_in = max(2.16, 0.1 * max((len(c[0]) for c in cells), default=0))
+    width = label_in + 6.84
+    fig = Figure(figsize=(width, 0.36 * len(cells) + 1.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     ax.axis("off")
     # The header row counts double (two-line labels); bbox makes the table fill the axes.
     table = ax.table(cellText=cells, cellLoc="center", bbox=[0.0, 0.0, 1.0, 1.0],
-                     colWidths=[0.24, 0.26, 0.16, 0.22, 0.12],
+                     colWidths=[label_in / width] + [w / width for w in (2.34, 1.44, 1.98, 1.08)],
                      colLabels=["feedback mode", "best val accuracy (%)\nmean ± std", "best epoch\n(mean)",
                                 "final val accuracy\n(%, mean)", "runs"])
     table.auto_set_font_size(False)
@@ -516,9 +555,9 @@ def best_epoch_figure(rows: pd.DataFrame) -> Rendered:
             cell.set_text_props(weight="bold")
             cell.set_facecolor("#eeeeee")
         elif c == 0:
-            cell.set_text_props(color=mode_color(cells[r - 1][0]), weight="bold")
+            cell.set_text_props(color=mode_color(modes[r - 1]), weight="bold")
     ax.set_title("coconut: best validation epoch per feedback mode")
-    return Rendered("coconut_best_epoch", fig, best)
+    return Rendered("coconut_best_epoch", fig, best), notes
 
 
 # -- driver --------------------------------------------------------------------------

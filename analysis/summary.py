@@ -6,7 +6,10 @@ default). Cells are (architecture, length configuration, train K) — and traini
 (max_iters x batch_size) when the table holds several; ``n_runs`` counts distinct runs,
 never rows.
 
-coconut: the best validation epoch of each run, and its final validation accuracy.
+coconut: the best validation epoch of each run, and its final validation accuracy (NaN when its
+last epoch's accuracy is NaN: a run that diverged, never an earlier epoch's value). Rows are feedback
+modes — split by every other configuration parameter whose value differs between runs of one mode
+(two learning rates, two graph depths, two specs in one table), labelled ``continuous (lr=0.001)``.
 """
 
 from __future__ import annotations
@@ -40,17 +43,32 @@ def budget_columns(rows: pd.DataFrame) -> list[str]:
     base = arch_columns(rows) + ["length_config", "train_k"] + budget
     if not set(base) <= set(rows.columns):
         return budget
-    names = [c for c in config_columns(rows) if c not in base]
+    return budget + varying_columns(rows, base)
+
+
+def varying_columns(rows: pd.DataFrame, base: list[str], ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The configuration columns besides ``base`` (and ``ignore``) whose value differs between runs
+    that share their ``base`` values: a mean over such runs would mix configurations."""
+    names = [c for c in config_columns(rows) if c not in base and c not in ignore]
+    if not names:
+        return []
     # One row per run is enough once the columns are known to be constant within runs.
     runs = rows.drop_duplicates("run_key") if "run_key" in rows.columns else rows
-    varies = runs.groupby(base, dropna=False)[names].nunique(dropna=False).gt(1).any() if names else {}
-    return budget + [c for c in names if varies[c]]
+    varies = runs.groupby(base, dropna=False)[names].nunique(dropna=False).gt(1).any()
+    return [c for c in names if varies[c]]
+
+
+def describe_values(rows: pd.DataFrame, columns: list[str]) -> str:
+    """``lr (0.0001, 0.001), n_layer (2, 4)``: the values each column takes, for an error or a note."""
+    return ", ".join(f"{c} ({', '.join(map(str, _sorted(rows[c].unique())))})" for c in columns)
 
 
 # Not configuration: who/where/when a run was, its records, and what analysis derives or computes.
 NOT_CONFIG = {*COMMON_COLUMNS, "job_id", "git_commit", "code_snapshot", "host", "started_at", "ended_at", "wall_s", "seed",
               "train_k", "length_config", "budget", "last_step", "id_exact_match", "ood_exact_match",
-              "ood_exact_match_mean", "ood_exact_match_std", "id_exact_match_mean", "n_runs", "min_train_k_95"}
+              "ood_exact_match_mean", "ood_exact_match_std", "id_exact_match_mean", "n_runs", "min_train_k_95",
+              "best_epoch", "best_val_accuracy", "final_epoch", "final_val_accuracy", "best_val_accuracy_mean",
+              "best_val_accuracy_std", "best_epoch_mean", "final_val_accuracy_mean"}
 # Parameters that change neither what a run learns nor what its score estimates: runs differing
 # only in them are one configuration (device and bookkeeping; eval_samples only the precision).
 BOOKKEEPING = {"device", "save_every", "keep_resume", "checkpoint_iter", "eval_every", "eval_samples",
@@ -139,31 +157,81 @@ def order_cells(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 # -- coconut -------------------------------------------------------------------------
 
-def coconut_run_epochs(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: best validation accuracy, the epoch it came at, and the final one."""
+# The metrics coconut runs log (coconut/train.py). One that happens to be constant within every run (the
+# stage of a mode without latent stages; a hand-built table) would otherwise pass for a configuration.
+COCONUT_METRICS = frozenset({"accuracy", "loss", "well_formed", "cot_em", "best_epoch", "stage", "epoch_time_s",
+                             "pause_embedding_drift"})
+# Set from feedback_mode ("" -> coconut, pause-frozen, ...), or deciding only whether the test split is
+# evaluated: runs of one mode that differ only in them are one configuration.
+COCONUT_NOT_SPLIT = frozenset({"model_name", "test_at_end"}) | COCONUT_METRICS
+
+
+def coconut_split_columns(rows: pd.DataFrame) -> list[str]:
+    """The configuration columns whose value differs between runs of one feedback mode (two learning
+    rates, two graph depths, two specs collected into one table). A mode's row or curve is split by
+    them: a mean over them is the accuracy of no configuration."""
+    if "feedback_mode" not in rows.columns:
+        return []
+    return varying_columns(rows, ["feedback_mode"], COCONUT_NOT_SPLIT)
+
+
+def coconut_cell_columns(rows: pd.DataFrame) -> list[str]:
+    return ["feedback_mode"] + coconut_split_columns(rows)
+
+
+def coconut_label(cell: dict[str, object]) -> str:
+    """``continuous``, or ``continuous (lr=0.001)`` when runs of the mode differ in ``lr``."""
+    rest = [f"{name}={_label_text(value)}" for name, value in cell.items() if name != "feedback_mode"]
+    return f"{cell['feedback_mode']} ({', '.join(rest)})" if rest else str(cell["feedback_mode"])
+
+
+def _label_text(value: object) -> str:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return str(bool(value))
+    return _cell_text(value)
+
+
+def coconut_run_epochs(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run: its cell (feedback mode and the columns of :func:`coconut_split_columns`),
+    best validation accuracy and the epoch it came at, and the final one; and notes on NaNs.
+
+    The final accuracy is that of the run's last validation epoch, NaN included: a run that diverged
+    must not show an earlier epoch's accuracy as its final one. The best is over the measured epochs."""
     accuracy = metric_column(rows, "accuracy")
-    val = rows[(rows["split"] == "val") & rows[accuracy].notna()].sort_values(["run_key", "step"])
-    table = []
+    cells = coconut_cell_columns(rows)
+    val = rows[rows["split"] == "val"].sort_values(["run_key", "step"], kind="stable")
+    table, notes = [], []
     for run_key, run in val.groupby("run_key", sort=False):
-        best = run.loc[run[accuracy].idxmax()]  # first epoch with the top accuracy
+        measured = run[run[accuracy].notna()]
         last = run.iloc[-1]
-        table.append({"run_key": run_key, "run_dir": last["run_dir"], "feedback_mode": last["feedback_mode"],
-                      "seed": int(last["seed"]), "best_epoch": int(best["step"]),
-                      "best_val_accuracy": float(best[accuracy]), "final_epoch": int(last["step"]),
-                      "final_val_accuracy": float(last[accuracy])})
-    return pd.DataFrame(table, columns=["run_key", "run_dir", "feedback_mode", "seed", "best_epoch",
-                                        "best_val_accuracy", "final_epoch", "final_val_accuracy"])
+        best = measured.loc[measured[accuracy].idxmax()] if len(measured) else None  # first epoch at the top
+        if pd.isna(last[accuracy]):
+            notes.append(f"coconut run {last['run_dir']}: validation accuracy is NaN at its last epoch "
+                         f"({int(last['step'])}); its final val accuracy is NaN"
+                         + ("" if len(measured) else ", and so is its best (no epoch has a number)"))
+        table.append({**{c: last[c] for c in cells}, "run_key": run_key, "run_dir": last["run_dir"],
+                      "seed": int(last["seed"]),
+                      "best_epoch": float("nan") if best is None else int(best["step"]),
+                      "best_val_accuracy": float("nan") if best is None else float(best[accuracy]),
+                      "final_epoch": int(last["step"]), "final_val_accuracy": float(last[accuracy])})
+    columns = [*cells, "run_key", "run_dir", "seed", "best_epoch", "best_val_accuracy", "final_epoch",
+               "final_val_accuracy"]
+    return pd.DataFrame(table, columns=columns), notes
 
 
 def coconut_best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per feedback mode: best validation accuracy and best epoch, mean and std over runs."""
-    table = runs.groupby("feedback_mode", sort=False).agg(
-        best_val_accuracy_mean=("best_val_accuracy", "mean"),
-        best_val_accuracy_std=("best_val_accuracy", "std"),
-        best_epoch_mean=("best_epoch", "mean"),
-        final_val_accuracy_mean=("final_val_accuracy", "mean"),
-        n_runs=("run_key", "nunique"),
-    ).reset_index()
+    """Per feedback mode (and configuration, see :func:`coconut_split_columns`): best validation
+    accuracy and best epoch, mean and std over runs. A run's NaN is not skipped: a mean over fewer
+    runs than ``n_runs`` would be a number of no set of runs shown; the row shows NaN instead."""
+    cells = coconut_cell_columns(runs)
+    groups = runs.groupby(cells, sort=True, dropna=False)
+    table = pd.DataFrame({
+        "best_val_accuracy_mean": groups["best_val_accuracy"].mean(skipna=False),
+        "best_val_accuracy_std": groups["best_val_accuracy"].std(skipna=False),
+        "best_epoch_mean": groups["best_epoch"].mean(skipna=False),
+        "final_val_accuracy_mean": groups["final_val_accuracy"].mean(skipna=False),
+        "n_runs": groups["run_key"].nunique(),
+    }).reset_index()
     return table.sort_values("feedback_mode", key=lambda col: col.map(mode_rank), kind="stable").reset_index(drop=True)
 
 
@@ -216,13 +284,16 @@ def sortgpt_markdown(cells: pd.DataFrame, thresholds: pd.DataFrame, step_label: 
 
 
 def coconut_markdown(best: pd.DataFrame) -> str:
+    cells = coconut_cell_columns(best)
     shown = pd.DataFrame({
-        "feedback mode": best["feedback_mode"],
+        "feedback mode": [coconut_label(dict(zip(cells, values, strict=True)))
+                          for values in best[cells].itertuples(index=False)],
         "best val accuracy (mean ± std)": [mean_std(m, s) for m, s in
                                            zip(best["best_val_accuracy_mean"], best["best_val_accuracy_std"],
                                                strict=True)],
-        "best epoch (mean)": best["best_epoch_mean"].map(lambda v: f"{v:.1f}"),
-        "final val accuracy (mean)": best["final_val_accuracy_mean"].map(lambda v: f"{100 * v:.1f} %"),
+        "best epoch (mean)": best["best_epoch_mean"].map(lambda v: "NaN" if math.isnan(v) else f"{v:.1f}"),
+        "final val accuracy (mean)": best["final_val_accuracy_mean"].map(
+            lambda v: "NaN" if math.isnan(v) else f"{100 * v:.1f} %"),
         "n_runs": best["n_runs"],
     })
     return "\n".join(["## coconut: best validation epoch per feedback mode", "", markdown_table(shown), ""])
@@ -274,7 +345,7 @@ def reference_run_scores(rows: pd.DataFrame, evals: pd.DataFrame) -> pd.DataFram
              if c not in REFERENCE_KEYS and rows[rows["run_key"].isin(table.index)]
              .groupby(REFERENCE_KEYS, dropna=False)[c].nunique(dropna=False).gt(1).any()]
     if mixed:
-        values = ", ".join(f"{c} ({', '.join(map(str, _sorted(rows[c].unique())))})" for c in mixed)
+        values = describe_values(rows, mixed)
         raise UserError(f"--format sort-llm: runs of one cell differ in {values}, which the reference's summary.csv "
                         "has no column for; summarise one configuration at a time (or use --format md|csv)")
     return table
