@@ -13,7 +13,7 @@ class CoconutExperiment:
     name = "coconut"
     # Knobs added after coconut trees were launched, with the value that behaves as before: a run that
     # keeps it keeps its run key (launch/experiment.py, later_params).
-    later_params = {"graph_names": DEFAULT_NAMES}
+    later_params = {"graph_names": DEFAULT_NAMES, "lr_schedule": "constant"}
 
     def defaults(self) -> dict[str, Any]:
         return {
@@ -35,6 +35,9 @@ class CoconutExperiment:
             "num_epochs": 50,
             # optimisation: AdamW re-created every epoch, no schedule, no clipping
             "lr": 1e-4,
+            # "constant": the reference. "cosine": lr * (1 + cos(pi * t / T)) / 2 at optimizer step t of the
+            # run's T (not the paper's protocol: a from-scratch model at CPU scale; REPRODUCTION.md)
+            "lr_schedule": "constant",
             "weight_decay": 0.01,
             "batch_size": 32,
             "grad_accum": 4,
@@ -93,6 +96,8 @@ class CoconutExperiment:
             problems.append(f"dropout: must be in [0, 1), got {config['dropout']}")
         if config["lr"] <= 0:
             problems.append(f"lr: must be positive, got {config['lr']}")
+        if config["lr_schedule"] not in ("constant", "cosine"):
+            problems.append(f"lr_schedule: must be 'constant' or 'cosine', got {config['lr_schedule']!r}")
         if config["weight_decay"] < 0:
             problems.append(f"weight_decay: must be >= 0, got {config['weight_decay']}")
         if config["eval_data"] not in ("real", "generated"):

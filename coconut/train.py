@@ -20,6 +20,7 @@ Rank 0 writes metrics and checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -369,8 +370,10 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
         # A state saved before a knob existed ran with the knob's old value (the experiment's later_params).
         from coconut.experiment import CoconutExperiment
 
-        saved = {k: v for k, v in (CoconutExperiment.later_params | state["config"]).items() if k not in RESUME_FREE}
-        now = {k: v for k, v in config.items() if k not in RESUME_FREE}
+        # a cosine schedule spans num_epochs: resuming with another count would change what it computes
+        free = RESUME_FREE - ({"num_epochs"} if config.get("lr_schedule") == "cosine" else set())
+        saved = {k: v for k, v in (CoconutExperiment.later_params | state["config"]).items() if k not in free}
+        now = {k: v for k, v in config.items() if k not in free}
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise CheckpointError(f"{path} was saved with a different config ({', '.join(diff)})")
@@ -393,6 +396,8 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
         batches = epoch_batches(train_set, stage, cur, ids, config["batch_size"], rng, rank, world)
         # A fresh optimizer every epoch (run.py's reset_optimizer): no state carries across stages.
         optimizer = torch.optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+        steps_per_epoch = -(-len(batches) // config["grad_accum"])  # optimizer steps (every epoch has as many)
+        opt_step = epoch * steps_per_epoch
         model.train()
         train_losses = []
         for step, batch in enumerate(batches):
@@ -402,7 +407,12 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
             if (step + 1) % config["grad_accum"] == 0 or step == len(batches) - 1:
                 if world > 1:
                     _sync_grads(params, world)
+                if config.get("lr_schedule") == "cosine":
+                    lr = scheduled_lr(config["lr"], opt_step, steps_per_epoch * config["num_epochs"])
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
                 optimizer.step()
+                opt_step += 1
                 optimizer.zero_grad(set_to_none=True)
         train_loss = torch.stack(train_losses).mean()
         _all_reduce_mean([train_loss], world)
@@ -447,6 +457,12 @@ def train(config: dict[str, Any], ctx: RunContext, device: str) -> Coconut:
     if config["test_at_end"] and lead and config["num_epochs"] > start_epoch:
         final_test(config, ctx, device)
     return model
+
+
+def scheduled_lr(lr: float, step: int, total: int) -> float:
+    """The cosine schedule's rate at optimizer step ``step`` (0-based) of ``total``: ``lr`` at the first,
+    decaying to 0 after the last. No warmup: the optimizer is re-created every epoch anyway."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
 # Settings that may change between a run and its resumption without changing what it computes.

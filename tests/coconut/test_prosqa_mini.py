@@ -120,7 +120,7 @@ seeds: [0, 1]
 def test_graph_names_keeps_the_run_keys_of_trees_launched_before_it(tmp_path: Path):
     """A config without graph_names (a run.json / spec from before the knob) has the run key it had; the
     knob at its default changes no key, single_token gives new ones."""
-    assert EXPERIMENT.later_params == {"graph_names": "prosqa"}
+    assert EXPERIMENT.later_params["graph_names"] == "prosqa"
 
     def runs(extra: str):
         path = tmp_path / f"spec{len(extra)}.yaml"
@@ -130,7 +130,8 @@ def test_graph_names_keeps_the_run_keys_of_trees_launched_before_it(tmp_path: Pa
     now, explicit, single = runs(""), runs(", graph_names: prosqa"), runs(", graph_names: single_token")
     assert [r.config["graph_names"] for r in now] == ["prosqa"] * 4
     # the key a tree launched before the knob got: the same config without graph_names, no later_params
-    before = [run_key("coconut", {k: v for k, v in r.config.items() if k != "graph_names"}) for r in now]
+    before = [run_key("coconut", {k: v for k, v in r.config.items() if k not in EXPERIMENT.later_params})
+              for r in now]
     assert [r.run_key for r in now] == before == [r.run_key for r in explicit]
     assert not {r.run_key for r in single} & set(before)
 
