@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= demo
 
-.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt reproduce-coconut reproduce-coconut-depth3
+.PHONY: demo test lint venv slurm-start slurm-stop mapping reproduce reproduce-sortgpt reproduce-coconut reproduce-coconut-depth3 reproduce-coconut-small
 
 $(BIN)/sweep: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,16 @@ reproduce-coconut-depth3: venv
 	$(BIN)/sweep plot $(REPRO_COCONUT3)/results.parquet -o $(REPRO_COCONUT3)/plots
 	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT3)/results.parquet | tee $(REPRO_COCONUT3)/table.md
 	$(BIN)/sweep branching $(REPRO_COCONUT3)/checkpoints/reproduce_coconut_depth3 | tee $(REPRO_COCONUT3)/branching.txt
+
+# The same on the smallest graphs (5-6 nodes, 2 steps; all 9 modes x 2 seeds): where CoT nears 90 %.
+REPRO_COCONUT_SMALL ?= $(REPRO)/coconut_small
+reproduce-coconut-small: venv
+	$(BIN)/sweep launch sweeps/reproduce_coconut_small.yaml --cluster local --root $(REPRO_COCONUT_SMALL)/checkpoints
+	$(BIN)/sweep wait sweeps/reproduce_coconut_small.yaml --root $(REPRO_COCONUT_SMALL)/checkpoints
+	$(BIN)/sweep collect sweeps/reproduce_coconut_small.yaml --root $(REPRO_COCONUT_SMALL)/checkpoints -o $(REPRO_COCONUT_SMALL)/results.parquet
+	$(BIN)/sweep plot $(REPRO_COCONUT_SMALL)/results.parquet -o $(REPRO_COCONUT_SMALL)/plots
+	$(BIN)/python -m analysis.coconut_table $(REPRO_COCONUT_SMALL)/results.parquet | tee $(REPRO_COCONUT_SMALL)/table.md
+	$(BIN)/sweep branching $(REPRO_COCONUT_SMALL)/checkpoints/reproduce_coconut_small | tee $(REPRO_COCONUT_SMALL)/branching.txt
 
 # All tests; the SLURM ones start a real local cluster (root + apt) or skip with the reason.
 test: venv
