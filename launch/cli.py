@@ -303,7 +303,8 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     from launch import status as stt
     from launch import store as st
     from launch.errors import SchedulerUnreachable
-    from launch.executors import cancel_local, controller_problem
+    from launch.executors import cancel_local, controller_problem, queue_code_snapshot, restart_local_workers
+    from launch.snapshot import python_path, snapshot_dir
     from launch.store import Store, read_jobs, record_cancelled
 
     spec, runs = _load(spec_path, root, only)
@@ -325,7 +326,13 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
             err = p.stderr.strip().splitlines()
             raise UserError(f"scancel failed: {err[-1] if err else f'exit {p.returncode}'}")
     if local:
-        cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
+        stopped = cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
+        # the queue's runs that were not cancelled lost their workers too: give them new ones, running
+        # the code snapshot their launch took
+        for qid, n in stopped.items():
+            code = queue_code_snapshot(store, qid)
+            with python_path(snapshot_dir(store, code) if code else None):
+                restart_local_workers(store, qid, n)
     unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
     for s in active:
         if (store.run_dir(s.run) / st.STATE_FILE).exists():

@@ -393,20 +393,52 @@ class LocalBackend:
         for i, unit in enumerate(units):
             write_json(qdir / "todo" / f"{i:07d}.json",
                        {"rel_dirs": unit, "infos": {r: infos[r] for r in unit if r in infos}})
-        ex = submitit.LocalExecutor(folder=self.store.meta / "submitit-local" / "%j")
-        # generous timeout: a local queue lives as long as its work
-        ex.update_parameters(timeout_min=7 * 24 * 60)
         n = min(self.concurrency, len(units))
         threads = max(1, (os.cpu_count() or 1) // n)
-        with _stdio_to_devnull():
-            workers = [ex.submit(LocalWorker(str(self.store.root), str(qdir), threads)) for _ in range(n)]
-        pids = [int(w.job_id) for w in workers]
-        write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time()})
+        pids = _start_workers(self.store, qdir, n, threads)
+        write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time(), "threads": threads})
         job_id = f"local:{qid}"
         done = [Submitted(unit, job_id) for unit in units]
         if accepted is not None:
             accepted(done)
         return done
+
+
+def _start_workers(store: Store, qdir: Path, n: int, threads: int) -> list[int]:
+    """Start ``n`` workers on the queue ``qdir``; their pids."""
+    ex = submitit.LocalExecutor(folder=store.meta / "submitit-local" / "%j")
+    # generous timeout: a local queue lives as long as its work
+    ex.update_parameters(timeout_min=7 * 24 * 60)
+    with _stdio_to_devnull():
+        workers = [ex.submit(LocalWorker(str(store.root), str(qdir), threads)) for _ in range(n)]
+    return [int(w.job_id) for w in workers]
+
+
+def restart_local_workers(store: Store, qid: str, n: int) -> int:
+    """Start up to ``n`` workers on a queue whose workers ``sweep cancel`` stopped, when units are left in
+    it (runs of the queue that were not cancelled): without them those runs would wait for nobody. The
+    caller puts the queue's code snapshot on PYTHONPATH, as the launch did. How many were started."""
+    qdir = store.meta / "queue" / qid
+    left = len(list((qdir / "todo").glob("*.json")))
+    n = min(n, left)
+    if n <= 0:
+        return 0
+    info = read_json(qdir / "workers.json") or {}
+    old = [p for p in info.get("pids", []) if isinstance(p, int)]
+    threads = info.get("threads") if isinstance(info.get("threads"), int) else \
+        max(1, (os.cpu_count() or 1) // max(1, len(old)))
+    pids = _start_workers(store, qdir, n, threads)
+    write_json(qdir / "workers.json", {**info, "pids": old + pids})
+    return n
+
+
+def queue_code_snapshot(store: Store, qid: str) -> str | None:
+    """The code snapshot (hash) the runs left in a local queue were launched with, None without one."""
+    for item in sorted((store.meta / "queue" / qid / "todo").glob("*.json")):
+        for info in ((read_json(item) or {}).get("infos") or {}).values():
+            if isinstance(info, dict) and isinstance(info.get("code_snapshot"), str):
+                return info["code_snapshot"]
+    return None
 
 
 @contextlib.contextmanager
@@ -440,16 +472,18 @@ def _stdio_to_devnull() -> Iterator[None]:
         os.close(null)
 
 
-def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> None:
+def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> dict[str, int]:
     """Stop local runs (run dir -> its ``local:<queue>`` job id): take their units out of
     their queue and interrupt the worker that claimed each (SIGINT, as submitit cancels a
-    local job; SIGKILL if it is still there after ``wait_s``). Returns once they are gone.
-    Only the runs' own queues are touched: another spec sharing the tree keeps its workers;
-    a worker that loses its unit this way takes no further units (the queue's other workers do)."""
+    local job; SIGKILL if it is still there after ``wait_s``). Returns once they are gone,
+    with how many workers each queue lost (see restart_local_workers: the queue's other
+    runs need workers). Only the runs' own queues are touched: another spec sharing the
+    tree keeps its workers."""
     by_queue: dict[str, set[str]] = {}
     for rel, job_id in runs.items():
         by_queue.setdefault(job_id.split(":", 1)[1], set()).add(rel)
     pids: set[int] = set()
+    queue_of: dict[int, str] = {}
     for qid, wanted in by_queue.items():
         qdir = store.meta / "queue" / qid
         for item in (qdir / "todo").glob("*.json"):
@@ -462,7 +496,11 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> No
                 pid = item.name.split(".")[1]
                 if pid.isdigit():
                     pids.add(int(pid))
+                    queue_of[int(pid)] = qid
     live = [pid for pid in pids if is_local_worker(pid)]
+    stopped: dict[str, int] = {}
+    for pid in live:
+        stopped[queue_of[pid]] = stopped.get(queue_of[pid], 0) + 1
     for pid in live:
         os.kill(pid, signal.SIGINT)
     deadline = time.time() + wait_s
@@ -472,3 +510,4 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> No
     for pid in live:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    return stopped

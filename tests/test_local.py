@@ -239,6 +239,27 @@ def test_cancel_stops_the_local_runs_of_its_spec_only(tmp_path: Path):
         assert r["step"] < r["total"]
 
 
+def test_cancelling_the_running_runs_leaves_the_queues_other_runs_to_run(tmp_path: Path):
+    """`sweep cancel --only` stops the workers running the runs it names; the queue's other runs get
+    new workers (before, with every worker stopped, they waited for nobody and showed failed)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200").replace("axes:\n", "axes:\n  - {x: [0, 1], group: true}\n"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+
+    def x0_running() -> list[dict] | None:
+        rows = [r for r in status_json(spec, root)["runs"] if r["params"].get("x") == 0]
+        return rows if all(_state(root, r["rel_dir"]).get("state") == "running" for r in rows) else None
+
+    cancelled = wait_for(x0_running, timeout=60, what="the two x=0 runs to start")
+    assert "cancelled 2 runs" in sweep("cancel", spec, "--root", root, "--only", "x=0").stdout
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="the x=1 runs")
+    assert {k: n for k, n in done.items() if n} == {"cancelled": 2, "completed": 2}, done
+    for r in status_json(spec, root)["runs"]:
+        want = "cancelled" if r["rel_dir"] in {c["rel_dir"] for c in cancelled} else "completed"
+        assert _state(root, r["rel_dir"])["state"] == want, r
+
+
 def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Path):
     import os
     import signal
