@@ -438,7 +438,7 @@ def _last_step(tail: bytes, cut: bool, split: str, name: str) -> tuple[Any, dict
         if not isinstance(rec, dict) or rec.get("split") != split or not isinstance(rec.get("metrics"), dict):
             continue
         value = rec["metrics"].get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)):  # a bool counts as 1.0 / 0.0, as in collect's table
             continue
         if not values:
             step = rec.get("step")

@@ -85,6 +85,12 @@ def test_a_relogged_step_counts_each_length_once_with_its_last_value(tmp_path: P
     assert step == 3 and value == (1.0 + 0.5 + 0.25) / 3
 
 
+def test_a_boolean_headline_counts_as_collect_stores_it(tmp_path: Path):
+    """collect's table holds true/false as 1.0/0.0; status showed no value for the same records."""
+    write_metrics(tmp_path, [record(3, "val", 1, solved=True), record(3, "val", 2, solved=False)])
+    assert headline_value(Store(tmp_path), RUN, "val/solved") == (0.5, 3)
+
+
 def test_a_relog_later_in_the_step_replaces_the_earlier_value_of_its_length(tmp_path: Path):
     """The later record of a length wins even when it comes after the step's other lengths."""
     write_metrics(tmp_path, [*val_step(2, {1: 0.9}), *val_step(3, {1: 0.2, 2: 0.4}), record(3, "val", 1, accuracy=0.6)])
