@@ -31,12 +31,25 @@ def pid_alive(pid: int) -> bool:
 
 
 def local_queue_alive(store: Store, job_id: str) -> bool | None:
-    """Whether any worker of a local queue still runs (None if the queue is unknown)."""
-    qid = job_id.split(":", 1)[1]
-    info = read_json(store.meta / "queue" / qid / "workers.json")
+    """Whether any worker of a local queue still runs (None if the queue is unknown).
+
+    A worker is two processes: submitit's controller (its pid in workers.json) and the task it starts,
+    which claims and runs the units (its pid in the names of the units it claimed, ``<unit>.<pid>.json``).
+    A controller killed alone (the OOM killer, ``kill -9`` of the job id) leaves its task running the
+    queue: calling the queue dead then made its runs "failed" while they ran, and ``--retry-failed`` ran
+    each of them a second time beside the first."""
+    qdir = store.meta / "queue" / job_id.split(":", 1)[1]
+    info = read_json(qdir / "workers.json")
     if not info or info.get("_corrupt"):
         return None
-    return any(is_local_worker(pid) for pid in info.get("pids", []))
+    if any(is_local_worker(pid) for pid in info.get("pids", [])):
+        return True
+    try:
+        names = os.listdir(qdir / "claimed")
+    except OSError:
+        return False
+    tasks = {int(p) for p in (n.split(".")[1] for n in names if n.count(".") == 2) if p.isdigit()}
+    return any(is_local_worker(pid) for pid in tasks)
 
 
 def is_local_worker(pid: int) -> bool:

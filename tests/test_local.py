@@ -260,6 +260,31 @@ def test_cancelling_the_running_runs_leaves_the_queues_other_runs_to_run(tmp_pat
         assert _state(root, r["rel_dir"])["state"] == want, r
 
 
+def test_a_killed_controller_leaves_its_task_running_and_its_runs_are_not_failed(tmp_path: Path):
+    """A local worker is submitit's controller plus the task it starts; the task runs the units. Killing
+    the controller alone (the OOM killer, `kill -9` of the job id) left the task running the queue while
+    status called its runs failed, and `--retry-failed` then ran them a second time beside the first."""
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
+             or None, timeout=60, what="the first run to start")
+    (workers,) = root.glob(".sweep/queue/*/workers.json")
+    (controller,) = json.loads(workers.read_text())["pids"]
+    os.kill(controller, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(controller) or None, timeout=10, what="the controller to die")
+    assert "failed" not in {r["state"] for r in status_json(spec, root)["runs"]}
+    assert "nothing to submit" in sweep("launch", spec, "--cluster", "local", "--root", root,
+                                        "--retry-failed").stdout
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="both runs")
+    assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
+    assert all(_state(root, r["rel_dir"])["attempts"] == 1 for r in status_json(spec, root)["runs"])
+
+
 def test_a_killed_local_worker_shows_failed_while_its_queue_goes_on(tmp_path: Path):
     import os
     import signal
