@@ -28,6 +28,8 @@ from launch.errors import UserError
 
 if TYPE_CHECKING:
     from launch.spec_set import SpecSet
+    from launch.status import RunStatus
+    from launch.store import Store
     from launch.tasks import Run
 
 CLUSTERS = ["slurm", "local"]
@@ -318,6 +320,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
                                    "nothing cancelled")
     statuses, _ = stt.run_statuses(store, runs)
     active = [s for s in statuses if s.state in stt.ACTIVE]
+    _refuse_split_units(store, jobs, {r.rel_dir for r in runs}, active)
     slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
     local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
     if slurm_ids:
@@ -343,6 +346,30 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
         with store.lock(name):
             record_cancelled(store, name, cancelled)
     click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
+
+
+def _refuse_split_units(store: Store, jobs: dict[str, str], selected: set[str], active: list[RunStatus]) -> None:
+    """A packed job (``pack:``) runs several runs; cancelling it for some of them would stop (or, queued,
+    drop) the others, which were not selected: refused, with one line, before anything is cancelled."""
+    from launch import store as st
+    from launch.store import read_json
+
+    def unfinished(rel: str) -> bool:
+        return store.state(rel).get("state") not in (st.COMPLETED, st.FAILED, st.CANCELLED)
+
+    for s in active:
+        job = s.job_id or ""
+        if job.startswith("local:"):  # the queue's unit files name the runs of each job
+            qdir = store.meta / "queue" / job.split(":", 1)[1]
+            units = [(read_json(item) or {}).get("rel_dirs") or []
+                     for item in [*qdir.glob("todo/*.json"), *qdir.glob("claimed/*.json")]]
+            together = next((u for u in units if s.run.rel_dir in u), [])
+        else:
+            together = [rel for rel, other in jobs.items() if other == job]
+        left = [rel for rel in together if rel not in selected and unfinished(rel)]
+        if left:
+            raise UserError(f"sweep cancel: {s.run.rel_dir} runs in one job with {left[0]} (pack), which --only "
+                            "does not select: select both or neither; nothing cancelled")
 
 
 def _whole_arrays(ids: list[str], jobs: dict[str, str]) -> list[str]:

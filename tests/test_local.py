@@ -260,6 +260,26 @@ def test_cancelling_the_running_runs_leaves_the_queues_other_runs_to_run(tmp_pat
         assert _state(root, r["rel_dir"])["state"] == want, r
 
 
+def test_cancel_does_not_split_a_packed_job(tmp_path: Path):
+    """With `pack: 2` two runs share a job: cancelling one of them would stop the other (or drop it, still
+    queued), which --only did not select. Refused, nothing cancelled; the whole job can be cancelled."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200").replace("axes:\n", "axes:\n  - {x: [0, 1], group: true}\n")
+                    + "pack: 2\n")
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
+             or None, timeout=60, what="the first packed job to start")
+    for only in ("seed=1", "x=1,seed=2"):  # one run of the running job; one of the queued job
+        p = sweep("cancel", spec, "--root", root, "--only", only, check=False)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "runs in one job with" in p.stderr and "nothing cancelled" in p.stderr
+    assert "cancelled" not in {r["state"] for r in status_json(spec, root)["runs"]}
+    assert "cancelled 2 runs" in sweep("cancel", spec, "--root", root, "--only", "x=0").stdout
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="the x=1 job")
+    assert {k: n for k, n in done.items() if n} == {"cancelled": 2, "completed": 2}, done
+
+
 def test_a_killed_controller_leaves_its_task_running_and_its_runs_are_not_failed(tmp_path: Path):
     """A local worker is submitit's controller plus the task it starts; the task runs the units. Killing
     the controller alone (the OOM killer, `kill -9` of the job id) left the task running the queue while
