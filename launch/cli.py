@@ -357,15 +357,21 @@ def _refuse_split_units(store: Store, jobs: dict[str, str], selected: set[str], 
     def unfinished(rel: str) -> bool:
         return store.state(rel).get("state") not in (st.COMPLETED, st.FAILED, st.CANCELLED)
 
+    runs_of: dict[str, list[str]] = {}  # job id -> its runs (one pass: cancel may name 50,000 runs)
+    for rel, job in jobs.items():
+        runs_of.setdefault(job, []).append(rel)
+    unit_of: dict[str, dict[str, list[str]]] = {}  # local queue -> run -> the runs of its unit
     for s in active:
         job = s.job_id or ""
         if job.startswith("local:"):  # the queue's unit files name the runs of each job
-            qdir = store.meta / "queue" / job.split(":", 1)[1]
-            units = [(read_json(item) or {}).get("rel_dirs") or []
-                     for item in [*qdir.glob("todo/*.json"), *qdir.glob("claimed/*.json")]]
-            together = next((u for u in units if s.run.rel_dir in u), [])
+            if job not in unit_of:
+                qdir = store.meta / "queue" / job.split(":", 1)[1]
+                unit_of[job] = {rel: unit for item in [*qdir.glob("todo/*.json"), *qdir.glob("claimed/*.json")]
+                                for unit in [(read_json(item) or {}).get("rel_dirs") or []] if len(unit) > 1
+                                for rel in unit}  # only a packed unit can be split
+            together = unit_of[job].get(s.run.rel_dir, [])
         else:
-            together = [rel for rel, other in jobs.items() if other == job]
+            together = runs_of.get(job, [])
         left = [rel for rel in together if rel not in selected and unfinished(rel)]
         if left:
             raise UserError(f"sweep cancel: {s.run.rel_dir} runs in one job with {left[0]} (pack), which --only "
