@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import pickle
 import re
 import shlex
 import signal
@@ -283,7 +284,13 @@ def render_sbatch(params: dict[str, Any], folder: Path, n: int) -> str:
 
 class _SlurmExecutor(submitit.SlurmExecutor):
     """submitit's, leaving nothing behind when sbatch refuses a submission: the pickles it wrote
-    for the array's elements (up to MaxArraySize of them) and the sbatch script are removed."""
+    for the array's elements (up to MaxArraySize of them) and the sbatch script are removed.
+
+    ``submit_array`` writes what submitit's ``batch()`` writes (one pickled ``DelayedSubmission`` per
+    element, renamed ``<array>_<i>_submitted.pkl`` once sbatch took the array; the same sbatch script)
+    in a third of the time: the standard library's C pickler instead of cloudpickle (our callable is an
+    importable class, which both pickle by reference) and string paths instead of a ``JobPaths`` and a
+    ``Job`` per element — submitit's pathlib joins and cloudpickle were 70 % of a 10,000-run launch."""
 
     def _internal_process_submissions(
             self, delayed_submissions: list[submitit.core.utils.DelayedSubmission]) -> list[submitit.Job[Any]]:
@@ -293,12 +300,48 @@ class _SlurmExecutor(submitit.SlurmExecutor):
         try:
             return super()._internal_process_submissions(delayed_submissions)
         except BaseException as e:
-            for path in written:
-                path.unlink(missing_ok=True)
-            cmd = getattr(e.__cause__, "cmd", None)  # CalledProcessError of ["sbatch", <script>]
-            if isinstance(cmd, list) and len(cmd) == 2 and Path(cmd[1]).name.startswith(".submission_file_"):
-                Path(cmd[1]).unlink(missing_ok=True)
+            _discard_submission(written, e)
             raise
+
+    def submit_array(self, fns: list[Callable[[], Any]]) -> list[str]:
+        """Submit ``fns`` as one job array (a lone one as a plain job, as submitit does); their job ids."""
+        folder = str(submitit.core.utils.JobPaths.get_first_id_independent_folder(self.folder))
+        if len(fns) == 1 or folder != str(self.folder.expanduser().absolute()):  # a %j folder: submitit's way
+            with self.batch():
+                jobs = [self.submit(fn) for fn in fns]
+            return [j.job_id for j in jobs]
+        os.makedirs(folder, exist_ok=True)
+        timeout_min = self.parameters.get("time", 5)
+        written: list[str] = []
+        try:
+            for fn in fns:
+                d = submitit.core.utils.DelayedSubmission(fn)
+                d.set_timeout(timeout_min, self.max_num_timeout)
+                path = f"{folder}/{uuid.uuid4().hex}.pkl"
+                written.append(path)
+                with open(path, "wb") as f:
+                    pickle.dump(d, f, pickle.HIGHEST_PROTOCOL)
+            array_ex = submitit.SlurmExecutor(self.folder, self.max_num_timeout)
+            array_ex.update_parameters(**self.parameters)
+            array_ex.parameters["map_count"] = len(fns)
+            self._throttle()
+            first = array_ex._submit_command(self._submitit_command_str).job_id
+        except BaseException as e:
+            _discard_submission([Path(p) for p in written], e)
+            raise
+        ids = [f"{first}_{a}" for a in range(len(fns))]
+        for job_id, path in zip(ids, written):
+            os.rename(path, f"{folder}/{job_id}_submitted.pkl")
+        return ids
+
+
+def _discard_submission(written: list[Path], e: BaseException) -> None:
+    """What a refused submission wrote: its pickles, and the sbatch script sbatch refused."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    cmd = getattr(e.__cause__, "cmd", None)  # CalledProcessError of ["sbatch", <script>]
+    if isinstance(cmd, list) and len(cmd) == 2 and Path(cmd[1]).name.startswith(".submission_file_"):
+        Path(cmd[1]).unlink(missing_ok=True)
 
 
 def _record_dump(d: submitit.core.utils.DelayedSubmission, written: list[Path]) -> None:
@@ -338,14 +381,15 @@ class SlurmBackend:
         for chunk in chunks(units, array_size):
             with _sigint_deferred():  # an array sbatch took is recorded before Ctrl-C stops the launch
                 try:  # submitit prints sbatch's stderr when it fails; our one error line quotes it
-                    with contextlib.redirect_stderr(io.StringIO()), ex.batch():
-                        jobs = [ex.submit(RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos},
-                                                  60 * int(self.params["time"]), self.params.get("signal_delay_s")))
-                                for unit in chunk]
+                    with contextlib.redirect_stderr(io.StringIO()):
+                        ids = ex.submit_array([
+                            RunUnit(str(self.store.root), unit, {r: infos[r] for r in unit if r in infos},
+                                    60 * int(self.params["time"]), self.params.get("signal_delay_s"))
+                            for unit in chunk])
                 except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                     msg = str(e).strip().splitlines()[-1] if str(e).strip() else e
                     raise UserError(f"sbatch failed: {msg}") from None
-                done = [Submitted(unit, job.job_id) for unit, job in zip(chunk, jobs)]
+                done = [Submitted(unit, job_id) for unit, job_id in zip(chunk, ids)]
                 if accepted is not None:
                     accepted(done)
             out += done

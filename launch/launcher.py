@@ -39,7 +39,7 @@ from launch.executors import (
 from launch.snapshot import make_snapshot, plan_snapshot, python_path, setup_line
 from launch.spec import Spec
 from launch.spec_set import SpecSet, as_set
-from launch.store import Store, compact_jobs, record_jobs, write_json
+from launch.store import Store, compact_jobs, may_have_files, record_jobs, write_json
 from launch.tasks import Run
 
 
@@ -124,8 +124,10 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
     for name, part_runs in parts.items():
         store.check_manifest(name, part_runs)
         store.check_other_specs(name, part_runs)
+    tops = store.top_dirs()
     for r in runs:
-        store.check_run_dir(r)
+        if may_have_files(r.rel_dir, tops):
+            store.check_run_dir(r)
     res = {**sset.resources, **(resources or {})}
     if cluster not in ("slurm", "local"):
         raise UserError(f"unknown cluster {cluster!r} (use slurm or local)")
@@ -177,7 +179,8 @@ def launch(spec: Spec | SpecSet, runs: list[Run], cluster: str, *, retry_failed:
         else:
             backend = LocalBackend(store, concurrency or res.get("local_concurrency") or os.cpu_count() or 1)
             array_size = 0
-        previous = {r.rel_dir: store.state(r) for r in p.to_submit}
+        tops = store.top_dirs()
+        previous = {r.rel_dir: store.state(r) if may_have_files(r.rel_dir, tops) else {} for r in p.to_submit}
         infos = {r.rel_dir: store.run_info(r, sset.part(r.spec).wandb, sset.part(r.spec).max_requeues,
                                            sset.part(r.spec).fail_on_nonfinite_loss, sset.part(r.spec).retry_on,
                                            code)

@@ -102,6 +102,22 @@ def read_json(path: Path | str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"_corrupt": True}
 
 
+def run_path(root: Path | None, rel_dir: str) -> str:
+    """``str((root or Path()) / rel_dir)``, without pathlib for the run directories expand() makes (no
+    empty or ``.`` component): pathlib's join was a fifth of ``status -v`` at 50,000 runs."""
+    if "//" in rel_dir or rel_dir.startswith(("/", "./")) or rel_dir.endswith(("/", "/.")) or "/./" in rel_dir \
+            or rel_dir in ("", "."):
+        return str((root or Path()) / rel_dir)
+    head = str(root or Path())
+    return rel_dir if head == "." else f"{head}{'' if head.endswith('/') else '/'}{rel_dir}"
+
+
+def may_have_files(rel_dir: str, tops: set[str] | None) -> bool:
+    """Whether the run directory ``rel_dir`` can exist, given the root's names (``Store.top_dirs``)."""
+    top = rel_dir.split("/", 1)[0]
+    return tops is None or top in tops or top in ("", ".", "..")
+
+
 # the type of each state.json field (None is always allowed); a field of another type makes the
 # file corrupt: readers report it instead of failing on it
 _NUMBER = (int, float)
@@ -216,7 +232,7 @@ class Store:
 
     def check_run_dir(self, run: Run) -> None:
         """A run directory already used by a different config (another spec sharing the tree)."""
-        info = read_json(self.run_dir(run) / RUN_FILE)
+        info = read_json(self.run_file(run, RUN_FILE))
         if info and not info.get("_corrupt") and info.get("run_key") != run.run_key:
             raise UserError(f"{self.run_dir(run)} already holds run {info.get('run_key')} of spec "
                             f"{info.get('spec')!r}, not {run.run_key}: two specs map to one directory")
@@ -294,8 +310,21 @@ class Store:
             return f"wrong run: this directory holds run {info['run_key']}{spec}, not {run.run_key}"
         return None
 
+    def top_dirs(self) -> set[str] | None:
+        """The names in the tree's root (None if it cannot be listed): a run whose first directory is not
+        among them has no files, and is not looked for (a fresh launch of 10,000 runs opened 30,000
+        missing files)."""
+        try:
+            return set(os.listdir(self.root))
+        except OSError:
+            return None
+
+    def run_file(self, run: Run | str, name: str) -> str:
+        """``str(self.run_dir(run) / name)`` without pathlib (a launch of 10,000 runs makes 20,000)."""
+        return f"{run_path(self.root, run.rel_dir if isinstance(run, Run) else run)}/{name}"
+
     def state(self, run: Run | str) -> dict[str, Any]:
-        return read_state(self.run_dir(run) / STATE_FILE) or {}
+        return read_state(self.run_file(run, STATE_FILE)) or {}
 
     def update_state(self, run: Run | str, base: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the run's state (``base``: the state the caller just read)."""
