@@ -453,9 +453,26 @@ def _start_workers(store: Store, qdir: Path, n: int, threads: int) -> list[int]:
     ex = submitit.LocalExecutor(folder=store.meta / "submitit-local" / "%j")
     # generous timeout: a local queue lives as long as its work
     ex.update_parameters(timeout_min=7 * 24 * 60)
-    with _stdio_to_devnull():
+    with _stdio_to_devnull(), _sigint_ignored_by_children():
         workers = [ex.submit(LocalWorker(str(store.root), str(qdir), threads)) for _ in range(n)]
     return [int(w.job_id) for w in workers]
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_children() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (an ignored signal stays ignored across exec, and Python keeps
+    it so). Ctrl-C reaches every process of the terminal's foreground group: without this, Ctrl-C on the
+    ``sweep wait`` of ``make reproduce-*`` (or on any command sharing the launch's group) stopped submitit's
+    controllers, which kill their tasks, and the whole sweep ended failed. The task (LocalWorker) leaves the
+    group and takes SIGINT back, so ``sweep cancel``'s SIGINT still stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def restart_local_workers(store: Store, qid: str, n: int) -> int:

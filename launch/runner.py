@@ -13,6 +13,7 @@ import contextlib
 import errno
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -337,6 +338,12 @@ class LocalWorker:
         self.threads = threads
 
     def __call__(self) -> int:
+        # out of the launching terminal's process group (its Ctrl-C is not for the sweep: the controller,
+        # left in it, ignores SIGINT, see executors._sigint_ignored_by_children), and SIGINT back for
+        # `sweep cancel`, which interrupts the worker running a run it cancels
+        with contextlib.suppress(OSError):
+            os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         limit_threads(self.threads)
         todo, claimed = Path(self.queue_dir) / "todo", Path(self.queue_dir) / "claimed"
         done = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -446,3 +447,29 @@ seeds: [5]
     assert r["params"] == {"x": 0, "label": "a"} and r["headline"] == "val/accuracy"
     assert (r["headline_value"], r["headline_step"], r["step"], r["total"]) == (0.75, 3, 3, 3), r
     assert r["run_dir"] == str(root / r["rel_dir"]) and r["age_s"] is not None
+
+
+def test_ctrl_c_in_the_launching_terminal_leaves_the_runs_running(tmp_path: Path):
+    """Ctrl-C reaches every process of the terminal's foreground group. A launch followed by a wait (as
+    `make reproduce-*` does) took the local workers down with the wait: the sweep then showed failed. Now
+    Ctrl-C stops the waiting and the runs go on, as they do on SLURM (`sweep cancel` stops them)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 60"))  # 2 runs of 3 s
+    root = tmp_path / "tree"
+    cmd = f"{sys.executable} -m launch.cli launch {spec} --cluster local --root {root} --concurrency 2 && sleep 60"
+    shell = subprocess.Popen(["bash", "-c", cmd], start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+        os.killpg(shell.pid, signal.SIGINT)  # what the terminal does on Ctrl-C, to its foreground group
+        shell.wait(timeout=10)
+    finally:
+        if shell.poll() is None:  # the test failed: leave nothing behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGKILL)
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="both runs")
+    assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
