@@ -28,7 +28,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.errors import UserError
-from launch.local_procs import is_local_worker, pid_alive
+from launch.local_procs import is_local_worker, pid_alive, signal_worker
 from launch.runner import LocalWorker, RunUnit
 from launch.store import Store, read_json, write_json
 
@@ -563,12 +563,11 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
     for pid in live:
         stopped[queue_of[pid]] = stopped.get(queue_of[pid], 0) + 1
     for pid in live:
-        os.kill(pid, signal.SIGINT)
+        signal_worker(pid, signal.SIGINT)
     deadline = time.time() + wait_s
     while live and time.time() < deadline:
         time.sleep(0.1)
         live = [pid for pid in live if pid_alive(pid)]
     for pid in live:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        signal_worker(pid, signal.SIGKILL)
     return stopped

@@ -52,6 +52,18 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     return any(is_local_worker(pid) for pid in tasks)
 
 
+def signal_worker(pid: int, sig: int) -> None:
+    """Signal a local worker's task and the child running its unit: the task leads a process group of its
+    own (LocalWorker calls setsid), which the child shares. A process that leads no group gets ``sig`` alone."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+            return
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def is_local_worker(pid: int) -> bool:
     """A live process that is a submitit job (so a recycled pid is never signalled, nor taken for a worker)."""
     if not pid_alive(pid):

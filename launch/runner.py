@@ -358,6 +358,66 @@ class LocalWorker:
                 except FileNotFoundError:
                     continue  # another worker took it
                 unit = read_json(mine) or {}
-                run_unit(Path(self.root), unit.get("rel_dirs", []), unit.get("infos"))
+                self.run_isolated(unit.get("rel_dirs", []), unit.get("infos"))
                 done += 1
                 break
+
+    def run_isolated(self, rel_dirs: list[str], infos: dict[str, dict[str, Any]] | None) -> None:
+        """Run a unit in a child process, so that a run killing its process (the out-of-memory killer, a
+        segfault in a native library, ``kill -9``) takes only that process: it took the worker, and at
+        ``--concurrency 1`` every run left in the queue never ran. The dead run is marked failed here.
+        The child is in the worker's process group: ``sweep cancel`` signals both (local_procs.signal_worker)."""
+        if not hasattr(os, "fork"):
+            run_unit(Path(self.root), rel_dirs, infos)
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never back into the worker's loop or submitit's exit handling
+            code = 1
+            try:
+                run_unit(Path(self.root), rel_dirs, infos)
+                code = 0
+            except BaseException:  # noqa: BLE001 - e.g. the KeyboardInterrupt of sweep cancel
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(BaseException):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except BaseException:  # sweep cancel's SIGINT reached the child too: let it end its runs first
+            _reap(pid, wait_s=8.0)
+            raise
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            how = f"killed by signal {sig} ({signal.Signals(sig).name}" + \
+                  ("; the out-of-memory killer sends it" if sig == signal.SIGKILL else "") + ")"
+        elif os.WEXITSTATUS(status) != 0:
+            how = f"exit code {os.WEXITSTATUS(status)}"
+        else:
+            return
+        store = Store(self.root)
+        for rel in rel_dirs:  # only what this child was running: a run it never started stays as it was
+            s = store.state(rel)
+            if s.get("state") == st.RUNNING and s.get("pid") == pid:
+                store.update_state(rel, base=s, state=st.FAILED, ended_at=time.time(),
+                                   error=f"the run's process died ({how}); the worker went on with the queue")
+
+
+def _reap(pid: int, wait_s: float) -> None:
+    """Wait up to ``wait_s`` for the child ``pid`` to end, then kill it: no run outlives its worker."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        except BaseException:  # noqa: BLE001 - a second Ctrl-C: the child is still reaped
+            pass
+        time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

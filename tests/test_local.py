@@ -473,3 +473,28 @@ def test_ctrl_c_in_the_launching_terminal_leaves_the_runs_running(tmp_path: Path
                 os.killpg(shell.pid, signal.SIGKILL)
     done = wait_for(lambda: finished(spec, root), timeout=120, what="both runs")
     assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
+
+
+def test_a_run_that_kills_its_process_leaves_the_rest_of_the_queue_to_run(tmp_path: Path):
+    """A run whose process dies (the out-of-memory killer, a segfault, `kill -9`) took its worker with it:
+    at --concurrency 1 the queue's other runs then never ran and showed failed. Each unit now runs in a child
+    of the worker: the dead run is failed with the reason, the next one runs."""
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 60"))  # 2 runs of 3 s, one after the other
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+
+    def one_running() -> dict | None:
+        rows = [r for r in status_json(spec, root)["runs"] if _state(root, r["rel_dir"]).get("state") == "running"]
+        return rows[0] if rows else None
+
+    victim = wait_for(one_running, timeout=60, what="the first run to start")
+    os.kill(_state(root, victim["rel_dir"])["pid"], signal.SIGKILL)
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="the queue")
+    assert {k: n for k, n in done.items() if n} == {"failed": 1, "completed": 1}, done
+    rows = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
+    assert rows[victim["rel_dir"]]["state"] == "failed"
+    assert "died" in rows[victim["rel_dir"]]["reason"] and "SIGKILL" in rows[victim["rel_dir"]]["reason"]
