@@ -337,15 +337,22 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
             with python_path(snapshot_dir(store, code) if code else None):
                 restart_local_workers(store, qid, n)
     unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
+    ended_meanwhile = 0
     for s in active:
         if (store.run_dir(s.run) / st.STATE_FILE).exists():
-            store.update_state(s.run, state=st.CANCELLED, ended_at=time.time(), error=stt.CANCELLED_BY_SWEEP)
+            now = store.state(s.run)  # read again: a run that ended before the cancel reached it keeps its end
+            if now.get("state") in st.ENDED:  # (a completed run marked cancelled lost its numbers from collect)
+                ended_meanwhile += 1
+                continue
+            store.update_state(s.run, base=now, state=st.CANCELLED, ended_at=time.time(),
+                               error=stt.CANCELLED_BY_SWEEP)
         elif s.job_id:
             unstarted.setdefault(s.run.spec, {})[s.run.rel_dir] = s.job_id
     for name, cancelled in unstarted.items():
         with store.lock(name):
             record_cancelled(store, name, cancelled)
-    click.echo(f"cancelled {len(active)} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else ""))
+    click.echo(f"cancelled {len(active) - ended_meanwhile} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else "")
+               + (f"; {ended_meanwhile} ended on their own meanwhile and keep that end" if ended_meanwhile else ""))
 
 
 def _refuse_split_units(store: Store, jobs: dict[str, str], selected: set[str], active: list[RunStatus]) -> None:

@@ -498,3 +498,33 @@ def test_a_run_that_kills_its_process_leaves_the_rest_of_the_queue_to_run(tmp_pa
     rows = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
     assert rows[victim["rel_dir"]]["state"] == "failed"
     assert "died" in rows[victim["rel_dir"]]["reason"] and "SIGKILL" in rows[victim["rel_dir"]]["reason"]
+
+
+def test_a_run_that_ends_while_cancel_stops_its_worker_keeps_its_end(tmp_path: Path, monkeypatch):
+    """`sweep cancel` reads the states, stops the workers, then marks the runs cancelled. A run that
+    completed in between (its last step done as the signal came) was marked cancelled over its completed
+    state, and collect then left its numbers out. The state is read again before it is written."""
+    from click.testing import CliRunner
+
+    import launch.executors
+    from launch.cli import cli
+    from launch.store import Store
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    real = launch.executors.cancel_local
+
+    def stop_then_one_had_completed(store, runs, wait_s=10.0):  # the race, made certain: the run's own
+        stopped = real(store, runs, wait_s)  # completion lands just before its worker is stopped
+        Store(root).update_state(rows[0]["rel_dir"], state="completed", ended_at=0.0)
+        return stopped
+
+    monkeypatch.setattr(launch.executors, "cancel_local", stop_then_one_had_completed)
+    out = CliRunner().invoke(cli, ["cancel", str(spec), "--root", str(root)])
+    assert out.exit_code == 0, out.output
+    assert "cancelled 1 runs" in out.output and "1 ended on their own meanwhile" in out.output
+    assert _state(root, rows[0]["rel_dir"])["state"] == "completed"
+    assert _state(root, rows[1]["rel_dir"])["state"] == "cancelled"
