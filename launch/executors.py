@@ -440,7 +440,8 @@ class LocalBackend:
         n = min(self.concurrency, len(units))
         threads = max(1, (os.cpu_count() or 1) // n)
         pids = _start_workers(self.store, qdir, n, threads)
-        write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time(), "threads": threads})
+        write_json(qdir / "workers.json", {"pids": pids, "started_at": time.time(), "threads": threads,
+                                           "concurrency": n})
         job_id = f"local:{qid}"
         done = [Submitted(unit, job_id) for unit in units]
         if accepted is not None:
@@ -478,18 +479,25 @@ def _sigint_ignored_by_children() -> Iterator[None]:
 def restart_local_workers(store: Store, qid: str, n: int) -> int:
     """Start up to ``n`` workers on a queue whose workers ``sweep cancel`` stopped, when units are left in
     it (runs of the queue that were not cancelled): without them those runs would wait for nobody. The
-    caller puts the queue's code snapshot on PYTHONPATH, as the launch did. How many were started."""
+    caller puts the queue's code snapshot on PYTHONPATH, as the launch did. How many were started.
+
+    Never more live workers than the launch started: two ``sweep cancel`` at once each lost the same
+    workers and each restarted them (twice the concurrency the user asked for). The count of live ones and
+    the start are under one lock per queue."""
     qdir = store.meta / "queue" / qid
-    left = len(list((qdir / "todo").glob("*.json")))
-    n = min(n, left)
-    if n <= 0:
-        return 0
-    info = read_json(qdir / "workers.json") or {}
-    old = [p for p in info.get("pids", []) if isinstance(p, int)]
-    threads = info.get("threads") if isinstance(info.get("threads"), int) else \
-        max(1, (os.cpu_count() or 1) // max(1, len(old)))
-    pids = _start_workers(store, qdir, n, threads)
-    write_json(qdir / "workers.json", {**info, "pids": old + pids})
+    with store.lock(f"queue-{qid}"):
+        left = len(list((qdir / "todo").glob("*.json")))
+        info = read_json(qdir / "workers.json") or {}
+        old = [p for p in info.get("pids", []) if isinstance(p, int)]
+        first = info.get("concurrency") if isinstance(info.get("concurrency"), int) else len(old)
+        alive = sum(1 for p in old if is_local_worker(p))
+        n = min(n, left, max(0, (first or n) - alive))
+        if n <= 0:
+            return 0
+        threads = info.get("threads") if isinstance(info.get("threads"), int) else \
+            max(1, (os.cpu_count() or 1) // max(1, first or n))
+        pids = _start_workers(store, qdir, n, threads)
+        write_json(qdir / "workers.json", {**info, "pids": old + pids, "concurrency": first or n})
     return n
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from launch.executors import pid_alive
+from launch.executors import pid_alive, restart_local_workers
+from launch.local_procs import is_local_worker
 from launch.store import Store
 from tests.helpers import finished, status_json, sweep, tree_snapshot, wait_for
 
@@ -254,6 +255,11 @@ def test_cancelling_the_running_runs_leaves_the_queues_other_runs_to_run(tmp_pat
 
     cancelled = wait_for(x0_running, timeout=60, what="the two x=0 runs to start")
     assert "cancelled 2 runs" in sweep("cancel", spec, "--root", root, "--only", "x=0").stdout
+    # a second `sweep cancel` that had stopped the same workers at the same time restarts none: the queue
+    # has its two live workers again (each cancel restarted them: four workers at --concurrency 2)
+    (qdir,) = root.glob(".sweep/queue/*")
+    assert restart_local_workers(Store(root), qdir.name, 2) == 0
+    assert sum(is_local_worker(p) for p in json.loads((qdir / "workers.json").read_text())["pids"]) == 2
     done = wait_for(lambda: finished(spec, root), timeout=120, what="the x=1 runs")
     assert {k: n for k, n in done.items() if n} == {"cancelled": 2, "completed": 2}, done
     for r in status_json(spec, root)["runs"]:
