@@ -7,10 +7,14 @@ import time) to read a pid file.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launch.store import read_json
+
+# how long a local queue may lack its workers.json: the launch writes it once its workers have started
+QUEUE_STARTUP_S = 60.0
 
 if TYPE_CHECKING:
     from launch.store import Store
@@ -40,16 +44,28 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     each of them a second time beside the first."""
     qdir = store.meta / "queue" / job_id.split(":", 1)[1]
     info = read_json(qdir / "workers.json")
-    if not info or info.get("_corrupt"):
-        return None
-    if any(is_local_worker(pid) for pid in info.get("pids", [])):
+    known = bool(info) and not info.get("_corrupt")  # type: ignore[union-attr]
+    if known and any(is_local_worker(pid) for pid in info.get("pids", []) if isinstance(pid, int)):  # type: ignore[union-attr]
         return True
     try:
         names = os.listdir(qdir / "claimed")
     except OSError:
-        return False
+        names = []
     tasks = {int(p) for p in (n.split(".")[1] for n in names if n.count(".") == 2) if p.isdigit()}
-    return any(is_local_worker(pid) for pid in tasks)
+    if any(is_local_worker(pid) for pid in tasks):
+        return True
+    if known:
+        return False
+    # workers.json missing or unreadable: a launch between making its queue and writing that file, or the
+    # file lost. Unknown only for a while after the queue was last changed: for ever, its runs showed
+    # pending and `sweep wait` never returned
+    try:
+        age = time.time() - os.stat(qdir).st_mtime
+    except FileNotFoundError:  # the queue's folder is gone: nothing will run its units
+        return False
+    except OSError:
+        return None
+    return None if age < QUEUE_STARTUP_S else False
 
 
 def signal_worker(pid: int, sig: int) -> None:

@@ -270,6 +270,8 @@ def run_statuses(store: Store, runs: list[Run], query: bool = True, details: boo
                 if jid not in local_alive:
                     local_alive[jid] = local_queue_alive(store, jid)
                 alive = local_alive[jid]
+                if alive is False and dstate == st.RUNNING and _runs_here(d):
+                    alive = True  # its own process still runs it, whatever became of the queue's files
                 gone = alive is False or (dstate == st.RUNNING and _died_here(d))
                 now = _ended_now(store, r) if gone else None
                 if now is not None:  # the worker finished the run and exited after its files were read
@@ -376,6 +378,12 @@ def _died_here(d: dict[str, Any]) -> bool:
     (gone, or its pid now belongs to another program, as after a reboot)."""
     pid = d.get("pid")
     return isinstance(pid, int) and d.get("host") == socket.gethostname() and not is_local_worker(pid)
+
+
+def _runs_here(d: dict[str, Any]) -> bool:
+    """The process that wrote ``running`` still runs on this machine."""
+    pid = d.get("pid")
+    return isinstance(pid, int) and d.get("host") == socket.gethostname() and is_local_worker(pid)
 
 
 def _last_line(text: str | None) -> str | None:

@@ -534,3 +534,34 @@ def test_a_run_that_ends_while_cancel_stops_its_worker_keeps_its_end(tmp_path: P
     assert "cancelled 1 runs" in out.output and "1 ended on their own meanwhile" in out.output
     assert _state(root, rows[0]["rel_dir"])["state"] == "completed"
     assert _state(root, rows[1]["rel_dir"])["state"] == "cancelled"
+
+
+def test_a_queue_whose_workers_file_is_lost_is_not_pending_for_ever(tmp_path: Path):
+    """With its workers.json missing (or corrupt) a local queue was "unknown" for ever: once its workers
+    were gone its runs showed pending and `sweep wait` never returned. Unknown only for a while now; then
+    the queue counts as dead and its runs as failed (`--retry-failed` runs them again)."""
+    import os
+    import signal
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
+             or None, timeout=60, what="the first run to start")
+    (qdir,) = root.glob(".sweep/queue/*")
+    (workers,) = qdir.glob("workers.json")
+    (claimed,) = qdir.glob("claimed/*.json")
+    os.kill(json.loads(workers.read_text())["pids"][0], signal.SIGKILL)  # the controller, then its task's group
+    os.killpg(int(claimed.name.split(".")[1]), signal.SIGKILL)
+    workers.unlink()
+    assert {r["state"] for r in status_json(spec, root)["runs"]} <= {"running", "pending", "failed"}
+    old = time.time() - 120  # the queue was last changed two minutes ago
+    os.utime(qdir, (old, old))
+    rows = status_json(spec, root)["runs"]
+    assert [r["state"] for r in rows] == ["failed", "failed"], rows
+    assert "nothing to submit" not in sweep("launch", spec, "--cluster", "local", "--root", root,
+                                            "--retry-failed").stdout
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="the retried runs")
+    assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
