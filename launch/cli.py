@@ -311,6 +311,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 
     spec, runs = _load(spec_path, root, only)
     store = Store(spec.root)
+    runs, edited = _as_launched(store, runs)
     # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
     jobs = {rel: job for part in spec.parts for rel, job in read_jobs(store, part.name).items()}
     on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
@@ -352,7 +353,29 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
         with store.lock(name):
             record_cancelled(store, name, cancelled)
     click.echo(f"cancelled {len(active) - ended_meanwhile} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else "")
-               + (f"; {ended_meanwhile} ended on their own meanwhile and keep that end" if ended_meanwhile else ""))
+               + (f"; {ended_meanwhile} ended on their own meanwhile and keep that end" if ended_meanwhile else "")
+               + (f"; {edited} of the runs are as launched, before the spec was edited" if edited else ""))
+
+
+def _as_launched(store: Store, runs: list[Run]) -> tuple[list[Run], int]:
+    """``runs`` with each run whose directory the manifest records under another run key (the spec was
+    edited after the launch) replaced by the run launched there, and how many were: cancelling an edited
+    spec found no run of its own running and cancelled nothing, while the launched runs went on."""
+    import dataclasses
+
+    manifests: dict[str, dict[str, Any]] = {}
+    out, edited = [], 0
+    for r in runs:
+        if r.spec not in manifests:
+            manifests[r.spec] = store.manifest_runs(r.spec)
+        entry = manifests[r.spec].get(r.rel_dir)
+        key = entry.get("run_key") if isinstance(entry, dict) else None
+        if isinstance(key, str) and key != r.run_key:
+            config = entry.get("config") if isinstance(entry.get("config"), dict) else r.config  # type: ignore[union-attr]
+            r = dataclasses.replace(r, run_key=key, config=config)
+            edited += 1
+        out.append(r)
+    return out, edited
 
 
 def _refuse_split_units(store: Store, jobs: dict[str, str], selected: set[str], active: list[RunStatus]) -> None:

@@ -565,3 +565,19 @@ def test_a_queue_whose_workers_file_is_lost_is_not_pending_for_ever(tmp_path: Pa
                                             "--retry-failed").stdout
     done = wait_for(lambda: finished(spec, root), timeout=120, what="the retried runs")
     assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
+
+
+def test_cancel_after_the_spec_was_edited_cancels_what_was_launched(tmp_path: Path):
+    """An edit that changes launched runs (here every run's `steps`) made `sweep cancel` see none of its
+    runs running: "cancelled 0 runs", exit 0, while the launched runs went on."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    spec.write_text(LONG.replace("steps: 600", "steps: 300"))
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 2 runs" in out and "2 of the runs are as launched, before the spec was edited" in out, out
+    for r in rows:
+        st = _state(root, r["rel_dir"])
+        assert st["state"] == "cancelled" and not pid_alive(st["pid"]), st
