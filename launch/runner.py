@@ -356,7 +356,9 @@ class LocalWorker:
                 try:
                     os.rename(item, mine)
                 except FileNotFoundError:
-                    continue  # another worker took it
+                    if item.exists():  # claimed/ is gone (deleted by hand): made again, or this loop spun for ever
+                        claimed.mkdir(parents=True, exist_ok=True)
+                    continue  # else another worker took it
                 unit = read_json(mine) or {}
                 self.run_isolated(unit.get("rel_dirs", []), unit.get("infos"))
                 done += 1

@@ -581,3 +581,20 @@ def test_cancel_after_the_spec_was_edited_cancels_what_was_launched(tmp_path: Pa
     for r in rows:
         st = _state(root, r["rel_dir"])
         assert st["state"] == "cancelled" and not pid_alive(st["pid"]), st
+
+
+def test_a_deleted_claimed_folder_does_not_stop_the_queue(tmp_path: Path):
+    """With the queue's claimed/ folder deleted (a tidy-up by hand), every claim failed as if another worker
+    had taken the unit: the worker spun at full CPU for ever and the queue's other runs never ran."""
+    import shutil
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 40"))  # 2 runs of 2 s, one after the other
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
+             or None, timeout=60, what="the first run to start")
+    (qdir,) = root.glob(".sweep/queue/*")
+    shutil.rmtree(qdir / "claimed")
+    done = wait_for(lambda: finished(spec, root), timeout=60, what="both runs")
+    assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
