@@ -335,7 +335,12 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
         # the code snapshot their launch took
         for qid, n in stopped.items():
             code = queue_code_snapshot(store, qid)
-            with python_path(snapshot_dir(store, code) if code else None):
+            where = snapshot_dir(store, code) if code else None
+            if where is not None and not where.is_dir():  # else Python would import the checkout without a word
+                click.echo(f"warning: the code snapshot of local queue {qid} ({where}) is gone: its runs left "
+                           "restart on the installed code (their state.json then names no snapshot)", err=True)
+                where = None
+            with python_path(where):
                 restart_local_workers(store, qid, n)
     unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
     ended_meanwhile = 0

@@ -598,3 +598,24 @@ def test_a_deleted_claimed_folder_does_not_stop_the_queue(tmp_path: Path):
     shutil.rmtree(qdir / "claimed")
     done = wait_for(lambda: finished(spec, root), timeout=60, what="both runs")
     assert {k: n for k, n in done.items() if n} == {"completed": 2}, done
+
+
+def test_cancel_says_when_the_queues_code_snapshot_is_gone(tmp_path: Path):
+    """The workers `sweep cancel --only` restarts for a queue's other runs run the launch's code snapshot;
+    with the snapshot deleted they ran the installed code without a word."""
+    import shutil
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 100").replace("axes:\n", "axes:\n  - {x: [0, 1], group: true}\n"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    wait_for(lambda: all(_state(root, r["rel_dir"]).get("state") == "running"
+                         for r in status_json(spec, root)["runs"] if r["params"].get("x") == 0) or None,
+             timeout=60, what="the two x=0 runs to start")
+    shutil.rmtree(root / ".sweep" / "code")
+    p = sweep("cancel", spec, "--root", root, "--only", "x=0")
+    assert "cancelled 2 runs" in p.stdout and "code snapshot of local queue" in p.stderr and "is gone" in p.stderr
+    done = wait_for(lambda: finished(spec, root), timeout=120, what="the x=1 runs")
+    assert {k: n for k, n in done.items() if n} == {"cancelled": 2, "completed": 2}, done
+    assert all(_state(root, r["rel_dir"])["code_snapshot"] is None
+               for r in status_json(spec, root)["runs"] if r["params"].get("x") == 1)
