@@ -19,17 +19,15 @@ from typing import Any
 
 from launch import status as stt
 from launch import store as st
+from launch.cluster_limits import ClusterLimits, LimitsQuery, cluster_limits
 from launch.errors import SchedulerUnreachable, SpecError, UserError
 from launch.executors import (
     DEFAULT_MAX_ARRAY_SIZE,
     DEFAULT_TIME_MIN,
-    ClusterLimits,
-    LimitsQuery,
     LocalBackend,
     SlurmBackend,
     Submitted,
     chunks,
-    cluster_limits,
     controller_problem,
     max_array_size,
     render_sbatch,
