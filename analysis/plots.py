@@ -156,7 +156,8 @@ def sortgpt_figures(rows: pd.DataFrame, step: int | None) -> tuple[list[Rendered
         counts = runs.groupby(splitting, dropna=False).size()
         main_values = max(counts.index, key=lambda v: (counts[v], str(v)))
         main_values = main_values if isinstance(main_values, tuple) else (main_values,)
-        keep = np.logical_and.reduce([rows[c] == v for c, v in zip(splitting, main_values, strict=True)])
+        keep = np.logical_and.reduce([rows[c].isna() if pd.isna(v) else rows[c] == v  # runs lacking c: one value
+                                      for c, v in zip(splitting, main_values, strict=True)])
         shown = ", ".join(f"{c}={v}" for c, v in zip(splitting, main_values, strict=True))
         notes.append(f"sortgpt: runs differ in {', '.join(splitting)}; the figures show the {int(counts.max())} runs "
                      f"with {shown}, {len(runs) - int(counts.max())} others are left out (see sweep summary)")
@@ -190,13 +191,13 @@ def budget_figure(rows: pd.DataFrame, step: int | None) -> Rendered:
     the 95 % line marks where a cell "reaches" (analysis.summary.THRESHOLD)."""
     scores, _ = sortgpt_run_scores(rows, step)
     cell = arch_columns(scores) + ["length_config", "train_k"]
-    curves = scores.dropna(subset=["ood_exact_match"]).groupby(cell, sort=False).filter(
+    curves = scores.dropna(subset=["ood_exact_match"]).groupby(cell, sort=False, dropna=False).filter(
         lambda c: c["budget"].nunique() > 1)
     data = order_cells(mean_std_over_runs(curves, cell + ["budget"], "ood_exact_match"), cell + ["budget"])
     train_ks = sorted(int(k) for k in rows["train_k"].unique())
     fig = Figure(figsize=(8.0, 4.8), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    for values, line in data.groupby(cell, sort=False):
+    for values, line in data.groupby(cell, sort=False, dropna=False):
         where = dict(zip(cell, values, strict=True))
         arch = {k: where[k] for k in arch_columns(scores)}
         label = f"{arch_label(**arch)}; {where['length_config']}, train K = {where['train_k']}"
@@ -227,7 +228,7 @@ def step_text(step: int | None) -> str:
 def variants(rows: pd.DataFrame) -> Iterator[tuple[dict, str, str, pd.DataFrame]]:
     """Split by LayerNorm (and by no_pos_emb when the sweep varies it): one figure each."""
     keys = [c for c in arch_columns(rows) if c not in ("n_layers", "use_mlp")]
-    for values, part in rows.groupby(keys, sort=True):
+    for values, part in rows.groupby(keys, sort=True, dropna=False):
         where = dict(zip(keys, values, strict=True))
         title = ", ".join(("LayerNorm" if v else "no LayerNorm") if k == "use_layernorm"
                           else ("no pos. emb." if v else "pos. emb.") for k, v in where.items())
@@ -377,7 +378,7 @@ def training_figures(rows: pd.DataFrame, train_ks: list[int]) -> Iterator[Render
               ("training exact match", "exact match (% of lists)", train, exact, "percent"),
               ("OOD exact match (mean over test K)", "exact match (% of lists)", gen, exact, "percent")]
     arch = arch_columns(rows)
-    for values, _ in rows.groupby(arch, sort=True):
+    for values, _ in rows.groupby(arch, sort=True, dropna=False):
         where = dict(zip(arch, values, strict=True))
         fig = Figure(figsize=(14.5, 4.0), dpi=DPI, layout="constrained")
         axes = fig.subplots(1, len(curves), sharex=True)

@@ -76,17 +76,18 @@ BOOKKEEPING = {"device", "save_every", "keep_resume", "checkpoint_iter", "eval_e
 
 
 def config_columns(rows: pd.DataFrame) -> list[str]:
-    """The configuration columns of ``rows``: in a table of records, those set on every record
-    and constant within each run (metrics vary within a run, or are missing on some splits);
+    """The configuration columns of ``rows``: in a table of records, those constant within each run
+    (metrics vary within a run, or are missing on some splits);
     in a table of runs or cells, every column that is not known to be something else."""
     names = [c for c in rows.columns if c not in NOT_CONFIG and c not in BOOKKEEPING
              and not c.startswith("metric_")]
     if "split" not in rows.columns or "run_key" not in rows.columns:
         return names
-    names = [c for c in names if rows[c].notna().all()]
     if not names:
         return []
-    constant = rows.groupby("run_key")[names].nunique().le(1).all()
+    # constant within each run, a missing value counting as one: a setting some runs lack (a table of runs
+    # from before the parameter existed, concatenated with newer ones) still tells those runs apart
+    constant = rows.groupby("run_key")[names].nunique(dropna=False).le(1).all()
     return [c for c in names if constant[c]]
 
 
@@ -126,7 +127,7 @@ def sortgpt_cells(scores: pd.DataFrame) -> pd.DataFrame:
     """Per cell: OOD exact match mean and std over runs (std of one run is NaN) and n_runs."""
     keys = [c for c in cell_columns(scores)]
     scored = scores.dropna(subset=["ood_exact_match"])
-    cells = scored.groupby(keys, sort=False).agg(
+    cells = scored.groupby(keys, sort=False, dropna=False).agg(
         ood_exact_match_mean=("ood_exact_match", "mean"),
         ood_exact_match_std=("ood_exact_match", "std"),
         id_exact_match_mean=("id_exact_match", "mean"),
@@ -140,7 +141,7 @@ def smallest_train_k(cells: pd.DataFrame, threshold: float = THRESHOLD) -> pd.Da
     reaches ``threshold``, or ``never``."""
     keys = arch_columns(cells) + ["length_config"] + budget_columns(cells)
     rows = []
-    for key, cell in cells.groupby(keys, sort=False):
+    for key, cell in cells.groupby(keys, sort=False, dropna=False):
         reached = cell.loc[cell["ood_exact_match_mean"] >= threshold, "train_k"]
         rows.append(dict(zip(keys, key, strict=True)) | {
             "min_train_k_95": str(int(reached.min())) if len(reached) else "never"})
@@ -186,6 +187,8 @@ def coconut_label(cell: dict[str, object]) -> str:
 
 
 def _label_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):  # runs that lack the parameter
+        return "unset"
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return str(bool(value))
     return _cell_text(value)

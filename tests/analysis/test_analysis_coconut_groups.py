@@ -81,3 +81,16 @@ def test_paper_table_refuses_runs_of_two_configurations(two_lrs: Path) -> None:
     assert p.returncode == 2 and p.stdout == "", p
     assert p.stderr.count("\n") == 1 and p.stderr.startswith(
         "error: runs of one feedback mode differ in lr (0.0001, 0.001); this table has one row per mode"), p.stderr
+
+
+def test_a_setting_only_some_runs_have_still_splits_a_mode(tmp_path: Path) -> None:
+    """Two tables concatenated, from before and after a parameter existed (`lr_schedule`: the newer runs say
+    cosine, the older ones have no such column): a column missing on some runs was not counted as a setting,
+    so the two kinds of runs were averaged into one row. A run without the parameter is its own value."""
+    rows = coconut_run("old/s0", 0, VAL[1e-4][0]) + coconut_run("old/s1", 1, VAL[1e-4][1]) \
+        + coconut_run("new/s0", 0, VAL[1e-3][0], lr_schedule="cosine") \
+        + coconut_run("new/s1", 1, VAL[1e-3][1], lr_schedule="cosine")
+    text, _ = summary(write_records(tmp_path / "r.parquet", rows))
+    lines = [line for line in text.splitlines() if line.startswith("| continuous")]
+    assert len(lines) == 2 and any("85.0 ± 7.1 %" in line for line in lines) \
+        and any("cosine" in line and "35.0 ± 7.1 %" in line for line in lines), text
