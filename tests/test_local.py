@@ -192,6 +192,11 @@ def _state(root: Path, rel_dir: str) -> dict:
     return json.loads((root / rel_dir / "state.json").read_text()) if (root / rel_dir / "state.json").exists() else {}
 
 
+def _wait_until_one_runs(spec: Path, root: Path, what: str) -> None:
+    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
+             or None, timeout=60, what=what)
+
+
 def _running(spec: Path, root: Path) -> list[dict] | None:
     rows = status_json(spec, root)["runs"]
     return rows if all(_state(root, r["rel_dir"]).get("state") == "running" for r in rows) else None
@@ -275,8 +280,7 @@ def test_cancel_does_not_split_a_packed_job(tmp_path: Path):
                     + "pack: 2\n")
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
-    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
-             or None, timeout=60, what="the first packed job to start")
+    _wait_until_one_runs(spec, root, "the first packed job to start")
     for only in ("seed=1", "x=1,seed=2"):  # one run of the running job; one of the queued job
         p = sweep("cancel", spec, "--root", root, "--only", only, check=False)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
@@ -298,8 +302,7 @@ def test_a_killed_controller_leaves_its_task_running_and_its_runs_are_not_failed
     spec.write_text(LONG.replace("steps: 600", "steps: 200"))
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
-    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
-             or None, timeout=60, what="the first run to start")
+    _wait_until_one_runs(spec, root, "the first run to start")
     (workers,) = root.glob(".sweep/queue/*/workers.json")
     (controller,) = json.loads(workers.read_text())["pids"]
     os.kill(controller, signal.SIGKILL)
@@ -548,8 +551,7 @@ def test_a_queue_whose_workers_file_is_lost_is_not_pending_for_ever(tmp_path: Pa
     spec.write_text(LONG.replace("steps: 600", "steps: 200"))
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
-    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
-             or None, timeout=60, what="the first run to start")
+    _wait_until_one_runs(spec, root, "the first run to start")
     (qdir,) = root.glob(".sweep/queue/*")
     (workers,) = qdir.glob("workers.json")
     (claimed,) = qdir.glob("claimed/*.json")
@@ -592,8 +594,7 @@ def test_a_deleted_claimed_folder_does_not_stop_the_queue(tmp_path: Path):
     spec.write_text(LONG.replace("steps: 600", "steps: 40"))  # 2 runs of 2 s, one after the other
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
-    wait_for(lambda: any(_state(root, r["rel_dir"]).get("state") == "running" for r in status_json(spec, root)["runs"])
-             or None, timeout=60, what="the first run to start")
+    _wait_until_one_runs(spec, root, "the first run to start")
     (qdir,) = root.glob(".sweep/queue/*")
     shutil.rmtree(qdir / "claimed")
     done = wait_for(lambda: finished(spec, root), timeout=60, what="both runs")
