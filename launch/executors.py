@@ -28,7 +28,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.errors import UserError
-from launch.local_procs import is_local_worker, pid_alive, signal_worker
+from launch.local_procs import is_local_worker, parent_pid, pid_alive, signal_worker
 from launch.runner import LocalWorker, RunUnit
 from launch.store import Store, read_json, write_json
 
@@ -409,6 +409,7 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
     stopped: dict[str, int] = {}
     for pid in live:
         stopped[queue_of[pid]] = stopped.get(queue_of[pid], 0) + 1
+    controllers = {c for c in (parent_pid(pid) for pid in live) if c is not None and c > 1}
     for pid in live:
         signal_worker(pid, signal.SIGINT)
     deadline = time.time() + wait_s
@@ -417,4 +418,9 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
         live = [pid for pid in live if pid_alive(pid)]
     for pid in live:
         signal_worker(pid, signal.SIGKILL)
+    # and their submitit controllers, which end once their task has: restart_local_workers counts the live
+    # ones, and one still ending counted as a worker left the queue's other runs without any
+    deadline = time.time() + 5.0
+    while time.time() < deadline and any(is_local_worker(c) for c in controllers):
+        time.sleep(0.05)
     return stopped

@@ -68,6 +68,15 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     return None if age < QUEUE_STARTUP_S else False
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of a process of this machine (None when unknown: gone, or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (name) state "
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def signal_worker(pid: int, sig: int) -> None:
     """Signal a local worker's task and the child running its unit: the task leads a process group of its
     own (LocalWorker calls setsid), which the child shares. A process that leads no group gets ``sig`` alone."""
