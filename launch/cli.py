@@ -326,6 +326,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     _refuse_split_units(store, jobs, {r.rel_dir for r in runs}, active)
     slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
     local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
+    signalled_at = time.time()  # an end written after this may be the run's answer to our signal
     if slurm_ids:
         p = subprocess.run(["scancel", *_whole_arrays(slurm_ids, jobs)], capture_output=True, text=True)
         if p.returncode != 0:
@@ -348,8 +349,12 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     ended_meanwhile = 0
     for s in active:
         if (store.run_dir(s.run) / st.STATE_FILE).exists():
-            now = store.state(s.run)  # read again: a run that ended before the cancel reached it keeps its end
-            if now.get("state") in st.ENDED:  # (a completed run marked cancelled lost its numbers from collect)
+            # read again: a run that ended before the cancel reached it keeps its end (a completed run marked
+            # cancelled lost its numbers from collect); one that ended after — an experiment that stops early
+            # on Ctrl-C and returns — was ended by the cancel, not completed
+            now = store.state(s.run)
+            ended_at = now.get("ended_at")
+            if now.get("state") in st.ENDED and isinstance(ended_at, (int, float)) and ended_at < signalled_at:
                 ended_meanwhile += 1
                 continue
             store.update_state(s.run, base=now, state=st.CANCELLED, ended_at=time.time(),

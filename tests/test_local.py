@@ -620,3 +620,44 @@ def test_cancel_says_when_the_queues_code_snapshot_is_gone(tmp_path: Path):
     assert {k: n for k, n in done.items() if n} == {"cancelled": 2, "completed": 2}, done
     assert all(_state(root, r["rel_dir"])["code_snapshot"] is None
                for r in status_json(spec, root)["runs"] if r["params"].get("x") == 1)
+
+
+GRACEFUL = '''
+from launch.noop import NoopExperiment
+
+
+class Graceful(NoopExperiment):
+    """Stops early on Ctrl-C and returns, as many training loops do."""
+
+    name = "graceful"
+
+    def run(self, config, ctx):
+        try:
+            super().run(config, ctx)
+        except KeyboardInterrupt:
+            print("interrupted: saving and stopping early")
+
+
+EXPERIMENT = Graceful()
+'''
+
+
+def test_a_run_that_returns_on_the_cancels_interrupt_is_cancelled_not_completed(tmp_path: Path, monkeypatch):
+    """An experiment that catches the KeyboardInterrupt of `sweep cancel` and returns ends `completed` by
+    itself, after the cancel's signal; cancel kept that end (a run stopped at step 45 of 300 then stood as
+    completed, its numbers in the table, and a relaunch had nothing to submit). Only an end written before
+    the signal is kept."""
+    (tmp_path / "graceful_exp.py").write_text(GRACEFUL)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("experiment: noop", 'experiment: "graceful_exp:EXPERIMENT"')
+                    .replace("steps: 600", "steps: 400"))
+    root = tmp_path / "tree"
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the experiment's module, for every sweep command
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 2 runs" in out and "ended on their own" not in out, out
+    for r in rows:
+        st = _state(root, r["rel_dir"])
+        assert st["state"] == "cancelled", st
+    assert "interrupted: saving and stopping early" in (root / rows[0]["rel_dir"] / "log.txt").read_text()
