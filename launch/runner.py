@@ -142,7 +142,7 @@ def _finish(store: Store, rel_dir: str, state: dict[str, Any], t0: float, error:
         return
     fields: dict[str, Any] = {"ended_at": time.time(), "wall_s": state.get("wall_s", 0.0) + time.time() - t0}
     if error is None:
-        store.update_state(rel_dir, state=st.COMPLETED, **fields)
+        store.update_state(rel_dir, state=st.COMPLETED, error=None, **fields)
     else:
         store.update_state(rel_dir, state=st.FAILED, error="\n".join(error.strip().splitlines()[-15:]), **fields)
 
@@ -374,8 +374,10 @@ class LocalWorker:
             return
         sys.stdout.flush()
         sys.stderr.flush()
+        worker = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never back into the worker's loop or submitit's exit handling
+            _die_with(worker)
             code = 1
             try:
                 run_unit(Path(self.root), rel_dirs, infos)
@@ -406,6 +408,21 @@ class LocalWorker:
             if s.get("state") == st.RUNNING and s.get("pid") == pid:
                 store.update_state(rel, base=s, state=st.FAILED, ended_at=time.time(),
                                    error=f"the run's process died ({how}); the worker went on with the queue")
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies (Linux's PR_SET_PDEATHSIG): a worker killed
+    alone (kill -9, the OOM killer) left its child running the unit, out of `sweep cancel`'s reach, and
+    the run's end then overwrote a later "cancelled". Elsewhere nothing is set."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # no prctl (macOS)
+        return
+    if os.getppid() != parent:  # the worker died before the prctl took effect
+        os._exit(1)
 
 
 def _reap(pid: int, wait_s: float) -> None:

@@ -661,3 +661,24 @@ def test_a_run_that_returns_on_the_cancels_interrupt_is_cancelled_not_completed(
         st = _state(root, r["rel_dir"])
         assert st["state"] == "cancelled", st
     assert "interrupted: saving and stopping early" in (root / rows[0]["rel_dir"] / "log.txt").read_text()
+
+
+def test_a_worker_killed_alone_takes_the_run_it_was_running_with_it(tmp_path: Path):
+    """Each unit runs in a child of its worker. A worker killed alone (kill -9, the OOM killer) left that child
+    running the run on its own: `sweep cancel` could no longer reach it and its end overwrote "cancelled".
+    The child now dies with its worker; the run shows failed (its process died) and can be retried."""
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    _wait_until_one_runs(spec, root, "the first run to start")
+    (claimed,) = root.glob(".sweep/queue/*/claimed/*.json")
+    rel = json.loads(claimed.read_text())["rel_dirs"][0]
+    child = _state(root, rel)["pid"]
+    os.kill(int(claimed.name.split(".")[1]), signal.SIGKILL)  # the worker, not its group
+    wait_for(lambda: not pid_alive(child) or None, timeout=10, what="the run's process to die with its worker")
+    row = next(r for r in status_json(spec, root)["runs"] if r["rel_dir"] == rel)
+    assert row["state"] == "failed" and ("died" in row["reason"] or "exited" in row["reason"]), row
