@@ -403,11 +403,23 @@ class LocalWorker:
         else:
             return
         store = Store(self.root)
-        for rel in rel_dirs:  # only what this child was running: a run it never started stays as it was
+        died, rest = [], []
+        for rel in rel_dirs:
             s = store.state(rel)
             if s.get("state") == st.RUNNING and s.get("pid") == pid:
                 store.update_state(rel, base=s, state=st.FAILED, ended_at=time.time(),
                                    error=f"the run's process died ({how}); the worker went on with the queue")
+                died.append(rel)
+            elif s.get("state") not in (*st.ENDED, st.RUNNING):
+                rest.append(rel)  # not started yet: a unit of runs one after the other (no pack_key)
+        if rest and died:  # the unit's other runs get a child of their own (they were left pending)
+            self.run_isolated(rest, infos)
+        elif rest:  # it died before it started any: no second try, which could die the same way
+            for rel in rest:  # failed in a directory of its own (run.json as a start writes it)
+                info = (infos or {}).get(rel)
+                if info is not None and store.write_run_info(rel, info):
+                    store.update_state(rel, state=st.FAILED, ended_at=time.time(), run_key=info.get("run_key"),
+                                       error=f"not run: the process of its job died ({how}) before it started")
 
 
 def _die_with(parent: int) -> None:

@@ -682,3 +682,23 @@ def test_a_worker_killed_alone_takes_the_run_it_was_running_with_it(tmp_path: Pa
     wait_for(lambda: not pid_alive(child) or None, timeout=10, what="the run's process to die with its worker")
     row = next(r for r in status_json(spec, root)["runs"] if r["rel_dir"] == rel)
     assert row["state"] == "failed" and ("died" in row["reason"] or "exited" in row["reason"]), row
+
+
+def test_the_runs_of_a_job_after_one_that_killed_its_process_still_run(tmp_path: Path):
+    """A job of several runs one after the other (`pack: 2` without a pack_key): when the run in progress
+    killed its process, the job's later runs were skipped, showed pending, then "local worker exited". They
+    now run in a new child; the dead run alone is failed."""
+    import os
+    import signal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 60") + "pack: 2\n")  # one job: seed 1, then seed 2
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    _wait_until_one_runs(spec, root, "the job's first run to start")
+    first = next(r for r in status_json(spec, root)["runs"] if _state(root, r["rel_dir"]).get("state") == "running")
+    os.kill(_state(root, first["rel_dir"])["pid"], signal.SIGKILL)
+    done = wait_for(lambda: finished(spec, root), timeout=60, what="the job")
+    assert {k: n for k, n in done.items() if n} == {"failed": 1, "completed": 1}, done
+    rows = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
+    assert rows[first["rel_dir"]]["state"] == "failed" and "SIGKILL" in rows[first["rel_dir"]]["reason"]
