@@ -313,7 +313,7 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
 
     spec, runs = _load(spec_path, root, only)
     store = Store(spec.root)
-    runs, edited = _as_launched(store, runs)
+    runs, edited = _as_launched(store, runs, spec if only is None else None)
     # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
     jobs = {rel: job for part in spec.parts for rel, job in read_jobs(store, part.name).items()}
     on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
@@ -369,11 +369,15 @@ def cancel(spec_path: str, root: str | None, only: str | None) -> None:
                + (f"; {edited} of the runs are as launched, before the spec was edited" if edited else ""))
 
 
-def _as_launched(store: Store, runs: list[Run]) -> tuple[list[Run], int]:
+def _as_launched(store: Store, runs: list[Run], whole: SpecSet | None = None) -> tuple[list[Run], int]:
     """``runs`` with each run whose directory the manifest records under another run key (the spec was
-    edited after the launch) replaced by the run launched there, and how many were: cancelling an edited
-    spec found no run of its own running and cancelled nothing, while the launched runs went on."""
+    edited after the launch) replaced by the run launched there, and, with ``whole`` (the spec, when no
+    --only narrows it), the launched runs its text no longer names (an axis value or a seed removed); and
+    how many runs are as launched: cancelling an edited spec found no run of its own running and cancelled
+    nothing, while the launched runs went on."""
     import dataclasses
+
+    from launch.tasks import Run
 
     manifests: dict[str, dict[str, Any]] = {}
     out, edited = [], 0
@@ -387,6 +391,19 @@ def _as_launched(store: Store, runs: list[Run]) -> tuple[list[Run], int]:
             r = dataclasses.replace(r, run_key=key, config=config)
             edited += 1
         out.append(r)
+    if whole is not None:
+        named = {r.rel_dir for r in runs}
+        for part in whole.parts:
+            entries = manifests.get(part.name)
+            for rel, entry in (store.manifest_runs(part.name) if entries is None else entries).items():
+                if rel in named or not isinstance(entry, dict) or not isinstance(entry.get("run_key"), str):
+                    continue
+                config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+                task, seed = entry.get("task"), entry.get("seed")
+                out.append(Run(spec=part.name, experiment=part.experiment_name, group=str(entry.get("group")),
+                               task=task if isinstance(task, int) else -1, seed=seed if isinstance(seed, int) else -1,
+                               rel_dir=rel, run_key=entry["run_key"], config=config, params={}))
+                edited += 1
     return out, edited
 
 

@@ -702,3 +702,18 @@ def test_the_runs_of_a_job_after_one_that_killed_its_process_still_run(tmp_path:
     assert {k: n for k, n in done.items() if n} == {"failed": 1, "completed": 1}, done
     rows = {r["rel_dir"]: r for r in status_json(spec, root)["runs"]}
     assert rows[first["rel_dir"]]["state"] == "failed" and "SIGKILL" in rows[first["rel_dir"]]["reason"]
+
+
+def test_cancel_after_a_seed_was_removed_from_the_spec_cancels_that_seeds_runs_too(tmp_path: Path):
+    """The launched runs an edit removed from the spec (here seed 2) kept running after `sweep cancel`."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    spec.write_text(LONG.replace("steps: 600", "steps: 400").replace("seeds: [1, 2]", "seeds: [1]"))
+    out = sweep("cancel", spec, "--root", root).stdout
+    assert "cancelled 2 runs" in out and "1 of the runs are as launched" in out, out
+    for r in rows:
+        st = _state(root, r["rel_dir"])
+        assert st["state"] == "cancelled" and not pid_alive(st["pid"]), st
