@@ -6,6 +6,7 @@ import time) to read a pid file.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -66,6 +67,26 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     except OSError:
         return None
     return None if age < QUEUE_STARTUP_S else False
+
+
+def process_started_at(pid: int) -> float | None:
+    """When a process of this machine started (epoch seconds, to the clock tick); None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: start time, in ticks after boot
+        boot = _boot_time()
+        return None if boot is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_time() -> int | None:
+    try:
+        return next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def parent_pid(pid: int) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from launch import store as st
 from launch.experiment import PROGRESS_FILE
-from launch.local_procs import is_local_worker, local_queue_alive
+from launch.local_procs import is_local_worker, local_queue_alive, process_started_at
 from launch.store import (
     Store,
     may_have_files,
@@ -375,15 +375,27 @@ def _ended_now(store: Store, r: Run) -> dict[str, Any] | None:
 
 def _died_here(d: dict[str, Any]) -> bool:
     """The process that wrote ``running`` (pid, host in state.json) no longer runs on this machine
-    (gone, or its pid now belongs to another program, as after a reboot)."""
+    (gone, or its pid now belongs to another program, as after a reboot, or to a later process)."""
     pid = d.get("pid")
-    return isinstance(pid, int) and d.get("host") == socket.gethostname() and not is_local_worker(pid)
+    return isinstance(pid, int) and d.get("host") == socket.gethostname() and not _same_process(d)
 
 
 def _runs_here(d: dict[str, Any]) -> bool:
     """The process that wrote ``running`` still runs on this machine."""
     pid = d.get("pid")
-    return isinstance(pid, int) and d.get("host") == socket.gethostname() and is_local_worker(pid)
+    return isinstance(pid, int) and d.get("host") == socket.gethostname() and _same_process(d)
+
+
+def _same_process(d: dict[str, Any]) -> bool:
+    """``d["pid"]`` is a live submitit process that started before the run's attempt did (30 s of slack):
+    every unit now runs in a process of its own, so a dead run's pid may soon be another worker's, which
+    kept the run "running" and `sweep wait` waiting."""
+    pid, began = d["pid"], d.get("attempt_started_at")
+    if not is_local_worker(pid):
+        return False
+    started = process_started_at(pid)
+    # 30 s of slack: the boot time is in whole seconds, and the clock may have been set since boot
+    return started is None or not isinstance(began, (int, float)) or started <= began + 30.0
 
 
 def _last_line(text: str | None) -> str | None:
