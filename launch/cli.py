@@ -14,7 +14,6 @@ import gc
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,8 +27,6 @@ from launch.errors import UserError
 
 if TYPE_CHECKING:
     from launch.spec_set import SpecSet
-    from launch.status import RunStatus
-    from launch.store import Store
     from launch.tasks import Run
 
 CLUSTERS = ["slurm", "local"]
@@ -304,154 +301,10 @@ def _fmt_counts(c: dict[str, int]) -> str:
 @only_option
 def cancel(spec_path: str, root: str | None, only: str | None) -> None:
     """Cancel the pending and running runs of SPEC (all, or those --only selects)."""
-    from launch import status as stt
-    from launch import store as st
-    from launch.errors import SchedulerUnreachable
-    from launch.executors import cancel_local, controller_problem, queue_code_snapshot, restart_local_workers
-    from launch.snapshot import python_path, snapshot_dir
-    from launch.store import Store, read_jobs, record_cancelled
+    from launch.launcher import cancel as do_cancel
 
     spec, runs = _load(spec_path, root, only)
-    store = Store(spec.root)
-    runs, edited = _as_launched(store, runs, spec if only is None else None)
-    # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
-    jobs = {rel: job for part in spec.parts for rel, job in read_jobs(store, part.name).items()}
-    on_slurm = any(not jobs[r.rel_dir].startswith("local:") for r in runs if r.rel_dir in jobs)
-    down = controller_problem() if on_slurm else None
-    if down:  # one probe, not scancel's retries; nothing is marked cancelled
-        raise SchedulerUnreachable(f"sweep cancel: the SLURM controller does not answer ({down}); "
-                                   "nothing cancelled")
-    statuses, _ = stt.run_statuses(store, runs)
-    active = [s for s in statuses if s.state in stt.ACTIVE]
-    _refuse_split_units(store, jobs, {r.rel_dir for r in runs}, active)
-    slurm_ids = sorted({s.job_id for s in active if s.job_id and not s.job_id.startswith("local:")})
-    local = [s for s in active if s.job_id and s.job_id.startswith("local:")]
-    signalled_at = time.time()  # an end written after this may be the run's answer to our signal
-    if slurm_ids:
-        p = subprocess.run(["scancel", *_whole_arrays(slurm_ids, jobs)], capture_output=True, text=True)
-        if p.returncode != 0:
-            err = p.stderr.strip().splitlines()
-            raise UserError(f"scancel failed: {err[-1] if err else f'exit {p.returncode}'}")
-    if local:
-        stopped = cancel_local(store, {s.run.rel_dir: s.job_id for s in local if s.job_id})
-        # the queue's runs that were not cancelled lost their workers too: give them new ones, running
-        # the code snapshot their launch took
-        for qid, n in stopped.items():
-            code = queue_code_snapshot(store, qid)
-            where = snapshot_dir(store, code) if code else None
-            if where is not None and not where.is_dir():  # else Python would import the checkout without a word
-                click.echo(f"warning: the code snapshot of local queue {qid} ({where}) is gone: its runs left "
-                           "restart on the installed code (their state.json then names no snapshot)", err=True)
-                where = None
-            with python_path(where):
-                restart_local_workers(store, qid, n)
-    unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
-    ended_meanwhile = 0
-    for s in active:
-        if (store.run_dir(s.run) / st.STATE_FILE).exists():
-            # read again: a run that ended before the cancel reached it keeps its end (a completed run marked
-            # cancelled lost its numbers from collect); one that ended after — an experiment that stops early
-            # on Ctrl-C and returns — was ended by the cancel, not completed
-            now = store.state(s.run)
-            ended_at = now.get("ended_at")
-            if now.get("state") in st.ENDED and isinstance(ended_at, (int, float)) and ended_at < signalled_at:
-                ended_meanwhile += 1
-                continue
-            store.update_state(s.run, base=now, state=st.CANCELLED, ended_at=time.time(),
-                               error=stt.CANCELLED_BY_SWEEP)
-        elif s.job_id:
-            unstarted.setdefault(s.run.spec, {})[s.run.rel_dir] = s.job_id
-    for name, cancelled in unstarted.items():
-        with store.lock(name):
-            record_cancelled(store, name, cancelled)
-    click.echo(f"cancelled {len(active) - ended_meanwhile} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else "")
-               + (f"; {ended_meanwhile} ended on their own meanwhile and keep that end" if ended_meanwhile else "")
-               + (f"; {edited} of the runs are as launched, before the spec was edited" if edited else ""))
-
-
-def _as_launched(store: Store, runs: list[Run], whole: SpecSet | None = None) -> tuple[list[Run], int]:
-    """``runs`` with each run whose directory the manifest records under another run key (the spec was
-    edited after the launch) replaced by the run launched there, and, with ``whole`` (the spec, when no
-    --only narrows it), the launched runs its text no longer names (an axis value or a seed removed); and
-    how many runs are as launched: cancelling an edited spec found no run of its own running and cancelled
-    nothing, while the launched runs went on."""
-    import dataclasses
-
-    from launch.tasks import Run
-
-    manifests: dict[str, dict[str, Any]] = {}
-    out, edited = [], 0
-    for r in runs:
-        if r.spec not in manifests:
-            manifests[r.spec] = store.manifest_runs(r.spec)
-        entry = manifests[r.spec].get(r.rel_dir)
-        key = entry.get("run_key") if isinstance(entry, dict) else None
-        if isinstance(key, str) and key != r.run_key:
-            config = entry.get("config") if isinstance(entry.get("config"), dict) else r.config  # type: ignore[union-attr]
-            r = dataclasses.replace(r, run_key=key, config=config)
-            edited += 1
-        out.append(r)
-    if whole is not None:
-        named = {r.rel_dir for r in runs}
-        for part in whole.parts:
-            entries = manifests.get(part.name)
-            for rel, entry in (store.manifest_runs(part.name) if entries is None else entries).items():
-                if rel in named or not isinstance(entry, dict) or not isinstance(entry.get("run_key"), str):
-                    continue
-                config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
-                task, seed = entry.get("task"), entry.get("seed")
-                out.append(Run(spec=part.name, experiment=part.experiment_name, group=str(entry.get("group")),
-                               task=task if isinstance(task, int) else -1, seed=seed if isinstance(seed, int) else -1,
-                               rel_dir=rel, run_key=entry["run_key"], config=config, params={}))
-                edited += 1
-    return out, edited
-
-
-def _refuse_split_units(store: Store, jobs: dict[str, str], selected: set[str], active: list[RunStatus]) -> None:
-    """A packed job (``pack:``) runs several runs; cancelling it for some of them would stop (or, queued,
-    drop) the others, which were not selected: refused, with one line, before anything is cancelled."""
-    from launch import store as st
-    from launch.store import read_json
-
-    def unfinished(rel: str) -> bool:
-        return store.state(rel).get("state") not in (st.COMPLETED, st.FAILED, st.CANCELLED)
-
-    runs_of: dict[str, list[str]] = {}  # job id -> its runs (one pass: cancel may name 50,000 runs)
-    for rel, job in jobs.items():
-        runs_of.setdefault(job, []).append(rel)
-    unit_of: dict[str, dict[str, list[str]]] = {}  # local queue -> run -> the runs of its unit
-    for s in active:
-        job = s.job_id or ""
-        if job.startswith("local:"):  # the queue's unit files name the runs of each job
-            if job not in unit_of:
-                qdir = store.meta / "queue" / job.split(":", 1)[1]
-                unit_of[job] = {rel: unit for item in [*qdir.glob("todo/*.json"), *qdir.glob("claimed/*.json")]
-                                for unit in [(read_json(item) or {}).get("rel_dirs") or []] if len(unit) > 1
-                                for rel in unit}  # only a packed unit can be split
-            together = unit_of[job].get(s.run.rel_dir, [])
-        else:
-            together = runs_of.get(job, [])
-        left = [rel for rel in together if rel not in selected and unfinished(rel)]
-        if left:
-            raise UserError(f"sweep cancel: {s.run.rel_dir} runs in one job with {left[0]} (pack), which --only "
-                            "does not select: select both or neither; nothing cancelled")
-
-
-def _whole_arrays(ids: list[str], jobs: dict[str, str]) -> list[str]:
-    """The ids scancel takes for ``ids``: an array's id when all its elements the jobs files know of are
-    among them (a 50,000-run cancel is then 50 ids, not 50,000), else its elements one by one."""
-    elements: dict[str, set[str]] = {}
-    for job in jobs.values():
-        if "_" in job and not job.startswith("local:"):
-            elements.setdefault(job.split("_")[0], set()).add(job)
-    wanted: dict[str, list[str]] = {}
-    for j in ids:
-        wanted.setdefault(j.split("_")[0], []).append(j)
-    out: list[str] = []
-    for master, of_master in sorted(wanted.items()):
-        known = elements.get(master, set())
-        out += [master] if known and known <= set(of_master) else sorted(of_master)
-    return out
+    do_cancel(spec, runs, whole=only is None, echo=click.echo, warn=lambda m: click.echo(m, err=True))
 
 
 @cli.command()

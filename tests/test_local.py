@@ -515,7 +515,7 @@ def test_a_run_that_ends_while_cancel_stops_its_worker_keeps_its_end(tmp_path: P
     state, and collect then left its numbers out. The state is read again before it is written."""
     from click.testing import CliRunner
 
-    import launch.executors
+    import launch.launcher
     from launch.cli import cli
     from launch.store import Store
 
@@ -524,14 +524,14 @@ def test_a_run_that_ends_while_cancel_stops_its_worker_keeps_its_end(tmp_path: P
     root = tmp_path / "tree"
     sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
     rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
-    real = launch.executors.cancel_local
+    real = launch.launcher.cancel_local
 
     def stop_then_one_had_completed(store, runs, wait_s=10.0):  # the race, made certain: the run's own
         stopped = real(store, runs, wait_s)  # completion lands just before its worker is stopped
         Store(root).update_state(rows[0]["rel_dir"], state="completed", ended_at=0.0)
         return stopped
 
-    monkeypatch.setattr(launch.executors, "cancel_local", stop_then_one_had_completed)
+    monkeypatch.setattr(launch.launcher, "cancel_local", stop_then_one_had_completed)
     out = CliRunner().invoke(cli, ["cancel", str(spec), "--root", str(root)])
     assert out.exit_code == 0, out.output
     assert "cancelled 1 runs" in out.output and "1 ended on their own meanwhile" in out.output
