@@ -28,7 +28,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.errors import UserError
-from launch.local_procs import is_local_worker, parent_pid, pid_alive, signal_worker
+from launch.local_procs import RESTARTING, is_local_worker, parent_pid, pid_alive, signal_worker
 from launch.runner import LocalWorker, RunUnit
 from launch.store import Store, read_json, write_json
 
@@ -340,6 +340,18 @@ def restart_local_workers(store: Store, qid: str, n: int) -> int:
     return n
 
 
+def restarted(store: Store, qid: str) -> None:
+    """The end of a cancel's restart of a queue's workers (see cancel_local)."""
+    (store.meta / "queue" / qid / RESTARTING).unlink(missing_ok=True)
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
 def queue_code_snapshot(store: Store, qid: str) -> str | None:
     """The code snapshot (hash) the runs left in a local queue were launched with, None without one."""
     for item in sorted((store.meta / "queue" / qid / "todo").glob("*.json")):
@@ -390,7 +402,7 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
     by_queue: dict[str, set[str]] = {}
     for rel, job_id in runs.items():
         by_queue.setdefault(job_id.split(":", 1)[1], set()).add(rel)
-    pids: set[int] = set()
+    claimed_by: dict[int, Path] = {}  # worker pid -> the claimed file of the unit it runs
     queue_of: dict[int, str] = {}
     for qid, wanted in by_queue.items():
         qdir = store.meta / "queue" / qid
@@ -403,13 +415,18 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
             if set((read_json(item) or {}).get("rel_dirs", [])) & wanted:
                 pid = item.name.split(".")[1]
                 if pid.isdigit():
-                    pids.add(int(pid))
+                    claimed_by[int(pid)] = item
                     queue_of[int(pid)] = qid
-    live = [pid for pid in pids if is_local_worker(pid)]
+    for qid in set(queue_of.values()):  # the queue is not dead while its workers are restarted
+        write_json(store.meta / "queue" / qid / RESTARTING, {"since": time.time()})
+    # the worker still runs that unit (its claimed file goes when the unit ends): a worker on to its next
+    # unit, which was not selected, is not signalled
+    live = [pid for pid, item in claimed_by.items() if item.exists() and is_local_worker(pid)]
     stopped: dict[str, int] = {}
     for pid in live:
         stopped[queue_of[pid]] = stopped.get(queue_of[pid], 0) + 1
     controllers = {c for c in (parent_pid(pid) for pid in live) if c is not None and c > 1}
+    groups = [pid for pid in live if _leads_group(pid)]
     for pid in live:
         signal_worker(pid, signal.SIGINT)
     deadline = time.time() + wait_s
@@ -418,9 +435,14 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
         live = [pid for pid in live if pid_alive(pid)]
     for pid in live:
         signal_worker(pid, signal.SIGKILL)
+    for pid in groups:  # what the runs started and left behind in their worker's group (a subprocess
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # ignoring SIGINT)
+            os.killpg(pid, signal.SIGKILL)
     # and their submitit controllers, which end once their task has: restart_local_workers counts the live
     # ones, and one still ending counted as a worker left the queue's other runs without any
     deadline = time.time() + 5.0
     while time.time() < deadline and any(is_local_worker(c) for c in controllers):
         time.sleep(0.05)
+    for qid in set(queue_of.values()) - set(stopped):  # nothing to restart there
+        restarted(store, qid)
     return stopped

@@ -36,6 +36,7 @@ from launch.executors import (
     queue_code_snapshot,
     render_sbatch,
     restart_local_workers,
+    restarted,
     signal_lead_s,
     slurm_parameters,
 )
@@ -371,8 +372,18 @@ def _print_plan(sset: SpecSet, runs: list[Run], p: LaunchPlan, cluster: str, res
 
 def cancel(sset: SpecSet, runs: list[Run], *, whole: bool, echo: Any = print, warn: Any = print) -> None:
     """Cancel the pending and running runs among ``runs`` (``whole``: all of the spec's, no --only): whole
-    job arrays where it can, the local queues' workers, and nothing written for runs that never started."""
+    job arrays where it can, the local queues' workers, and nothing written for runs that never started.
+
+    Under the spec's locks, as a launch: a `launch --retry-failed` meanwhile took the runs whose workers
+    were being restarted for failed and ran them a second time beside those workers."""
     store = Store(sset.root)
+    with contextlib.ExitStack() as locks:
+        for name in sorted({p.name for p in sset.parts}):  # launch's order: no deadlock between the two
+            locks.enter_context(store.lock(name))
+        _cancel(store, sset, runs, whole, echo, warn)
+
+
+def _cancel(store: Store, sset: SpecSet, runs: list[Run], whole: bool, echo: Any, warn: Any) -> None:
     runs, edited = _as_launched(store, runs, sset if whole else None)
     # every part's jobs (a composite's arrays span its parts), to cancel whole arrays where it can
     jobs = {rel: job for part in sset.parts for rel, job in read_jobs(store, part.name).items()}
@@ -403,8 +414,11 @@ def cancel(sset: SpecSet, runs: list[Run], *, whole: bool, echo: Any = print, wa
                 warn(f"warning: the code snapshot of local queue {qid} ({where}) is gone: its runs left "
                      "restart on the installed code (their state.json then names no snapshot)")
                 where = None
-            with python_path(where):
-                restart_local_workers(store, qid, n)
+            try:
+                with python_path(where):
+                    restart_local_workers(store, qid, n)
+            finally:
+                restarted(store, qid)
     unstarted: dict[str, dict[str, str]] = {}  # spec -> run dir -> job id: no directory is made for them
     ended_meanwhile = 0
     for s in active:
@@ -421,9 +435,8 @@ def cancel(sset: SpecSet, runs: list[Run], *, whole: bool, echo: Any = print, wa
                                error=stt.CANCELLED_BY_SWEEP)
         elif s.job_id:
             unstarted.setdefault(s.run.spec, {})[s.run.rel_dir] = s.job_id
-    for name, cancelled in unstarted.items():
-        with store.lock(name):
-            record_cancelled(store, name, cancelled)
+    for name, cancelled in unstarted.items():  # (its lock is held)
+        record_cancelled(store, name, cancelled)
     echo(f"cancelled {len(active) - ended_meanwhile} runs" + (f" (jobs {', '.join(slurm_ids[:8])})" if slurm_ids else "")
          + (f"; {ended_meanwhile} ended on their own meanwhile and keep that end" if ended_meanwhile else "")
          + (f"; {edited} of the runs are as launched, before the spec was edited" if edited else ""))

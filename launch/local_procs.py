@@ -16,6 +16,8 @@ from launch.store import read_json
 
 # how long a local queue may lack its workers.json: the launch writes it once its workers have started
 QUEUE_STARTUP_S = 60.0
+# in a queue's folder while `sweep cancel` stops some of its workers and starts others: alive meanwhile
+RESTARTING = "restarting.json"
 
 if TYPE_CHECKING:
     from launch.store import Store
@@ -44,6 +46,11 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
     queue: calling the queue dead then made its runs "failed" while they ran, and ``--retry-failed`` ran
     each of them a second time beside the first."""
     qdir = store.meta / "queue" / job_id.split(":", 1)[1]
+    try:  # between stopping workers and starting new ones the queue looked dead: `sweep wait` returned and
+        if time.time() - os.stat(qdir / RESTARTING).st_mtime < QUEUE_STARTUP_S:  # --retry-failed ran its
+            return True  # queued runs a second time beside the restarted workers
+    except OSError:
+        pass
     info = read_json(qdir / "workers.json")
     known = bool(info) and not info.get("_corrupt")  # type: ignore[union-attr]
     if known and any(is_local_worker(pid) for pid in info.get("pids", []) if isinstance(pid, int)):  # type: ignore[union-attr]

@@ -360,7 +360,10 @@ class LocalWorker:
                         claimed.mkdir(parents=True, exist_ok=True)
                     continue  # else another worker took it
                 unit = read_json(mine) or {}
-                self.run_isolated(unit.get("rel_dirs", []), unit.get("infos"))
+                try:
+                    self.run_isolated(unit.get("rel_dirs", []), unit.get("infos"))
+                finally:  # a claimed file names the unit its worker runs now: `sweep cancel` signals by it
+                    mine.unlink(missing_ok=True)
                 done += 1
                 break
 
@@ -378,10 +381,14 @@ class LocalWorker:
         pid = os.fork()
         if pid == 0:  # the child: never back into the worker's loop or submitit's exit handling
             _die_with(worker)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # `kill <run's pid>` ends it (submitit ignores TERM)
             code = 1
             try:
                 run_unit(Path(self.root), rel_dirs, infos)
                 code = 0
+            except SystemExit as e:  # a run calling sys.exit(n): its n in the reason
+                code = e.code if isinstance(e.code, int) and e.code else 1
+                traceback.print_exc()
             except BaseException:  # noqa: BLE001 - e.g. the KeyboardInterrupt of sweep cancel
                 traceback.print_exc()
             finally:
@@ -398,22 +405,21 @@ class LocalWorker:
             sig = os.WTERMSIG(status)
             how = f"killed by signal {sig} ({signal.Signals(sig).name}" + \
                   ("; the out-of-memory killer sends it" if sig == signal.SIGKILL else "") + ")"
-        elif os.WEXITSTATUS(status) != 0:
+        else:  # 0 too: a run calling os._exit(0) midway left itself "running" and its job's later runs unrun
             how = f"exit code {os.WEXITSTATUS(status)}"
-        else:
-            return
         store = Store(self.root)
         died, rest = [], []
         for rel in rel_dirs:
             s = store.state(rel)
             if s.get("state") == st.RUNNING and s.get("pid") == pid:
                 store.update_state(rel, base=s, state=st.FAILED, ended_at=time.time(),
-                                   error=f"the run's process died ({how}); the worker went on with the queue")
+                                   error=f"the run's process died ({how}) before the run finished; the worker "
+                                         "went on with the queue")
                 died.append(rel)
             elif s.get("state") not in (*st.ENDED, st.RUNNING):
                 rest.append(rel)  # not started yet: a unit of runs one after the other (no pack_key)
-        if rest and died:  # the unit's other runs get a child of their own (they were left pending)
-            self.run_isolated(rest, infos)
+        if rest and len(rest) < len(rel_dirs):  # the unit's other runs get a child of their own (they were
+            self.run_isolated(rest, infos)  # left pending); fewer each time, so this ends
         elif rest:  # it died before it started any: no second try, which could die the same way
             for rel in rest:  # failed in a directory of its own (run.json as a start writes it)
                 info = (infos or {}).get(rel)

@@ -183,7 +183,8 @@ class Store:
                     break
                 except BlockingIOError:
                     if time.time() > deadline:
-                        raise UserError(f"another 'sweep launch' of {spec} holds {path}; try again later") from None
+                        raise UserError(f"another 'sweep launch' or 'sweep cancel' of {spec} holds {path}; try again "
+                                        "later") from None
                     time.sleep(0.1)
             try:
                 yield

@@ -717,3 +717,78 @@ def test_cancel_after_a_seed_was_removed_from_the_spec_cancels_that_seeds_runs_t
     for r in rows:
         st = _state(root, r["rel_dir"])
         assert st["state"] == "cancelled" and not pid_alive(st["pid"]), st
+
+
+EXITER = '''
+import os
+
+from launch.noop import NoopExperiment
+
+
+class Exiter(NoopExperiment):
+    """Seed 1 ends its process with status 0 halfway (a library calling os._exit(0))."""
+
+    name = "exiter"
+
+    def run(self, config, ctx):
+        if config["seed"] == 1:
+            ctx.log(1, {"loss": 1.0}, split="train")
+            os._exit(0)
+        super().run(config, ctx)
+
+
+EXPERIMENT = Exiter()
+'''
+
+
+def test_a_run_whose_process_exits_0_midway_is_failed_and_its_jobs_other_run_runs(tmp_path: Path, monkeypatch):
+    """A child exiting with status 0 was taken for success without a look at its runs: the run stayed
+    "running" for ever and the later run of its job (`pack: 2`, one after the other) never ran."""
+    (tmp_path / "exiter_exp.py").write_text(EXITER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("experiment: noop", 'experiment: "exiter_exp:EXPERIMENT"')
+                    .replace("steps: 600", "steps: 20") + "pack: 2\n")
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    done = wait_for(lambda: finished(spec, root), timeout=60, what="the job")
+    assert {k: n for k, n in done.items() if n} == {"failed": 1, "completed": 1}, done
+    rows = {r["seed"]: r for r in status_json(spec, root)["runs"]}
+    assert rows[1]["state"] == "failed" and "exit code 0" in rows[1]["reason"], rows[1]
+
+
+def test_a_claimed_file_names_only_the_unit_its_worker_runs_now(tmp_path: Path):
+    """`sweep cancel` signals the worker a claimed file names. The files stayed after their units ended, so a
+    cancel of a run whose unit had just ended (or ended oddly) interrupted that worker's next unit, which
+    nobody had selected."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 200").replace("seeds: [1, 2]", "seeds: [1, 2, 3]"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "1")
+    (qdir,) = root.glob(".sweep/queue/*")
+    first = wait_for(lambda: list(qdir.glob("claimed/*.json")) or None, timeout=60, what="a claim")[0]
+    wait_for(lambda: not first.exists() or None, timeout=60, what="the first unit's claimed file to go")
+    second = wait_for(lambda: list(qdir.glob("claimed/*.json")) or None, timeout=60, what="the next claim")
+    assert len(second) == 1 and second[0].name != first.name
+    sweep("cancel", spec, "--root", root)
+
+
+def test_cancel_waits_for_the_specs_lock(tmp_path: Path):
+    """Cancel now runs under the spec's lock, as launch does: a `launch --retry-failed` during a cancel's
+    restart of a queue's workers took the runs waiting for those workers for failed and ran them twice."""
+    import subprocess
+    import sys
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(LONG.replace("steps: 600", "steps: 400"))
+    root = tmp_path / "tree"
+    sweep("launch", spec, "--cluster", "local", "--root", root, "--concurrency", "2")
+    rows = wait_for(lambda: _running(spec, root), timeout=60, what="both runs to start")
+    with Store(root).lock("spec"):
+        p = subprocess.Popen([sys.executable, "-m", "launch.cli", "cancel", str(spec), "--root", str(root)],
+                             stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert p.poll() is None and {_state(root, r["rel_dir"])["state"] for r in rows} == {"running"}
+    assert p.wait(timeout=60) == 0 and "cancelled 2 runs" in p.stdout.read()
+    assert {_state(root, r["rel_dir"])["state"] for r in rows} == {"cancelled"}

@@ -28,3 +28,24 @@ def test_a_pid_taken_by_a_later_process_is_not_the_runs_process():
         p.kill()
         p.wait()
     assert _died_here(mine) and not _runs_here(mine)  # and gone
+
+
+def test_a_queue_whose_workers_cancel_is_restarting_is_alive(tmp_path):
+    """Between `sweep cancel` stopping a queue's workers and starting new ones the queue looked dead: `sweep
+    wait` returned and its runs showed failed. The cancel's marker keeps it alive, for a minute at most."""
+    import json
+    import os
+
+    from launch.local_procs import RESTARTING, local_queue_alive
+    from launch.store import Store
+
+    qdir = tmp_path / ".sweep" / "queue" / "q1"
+    (qdir / "claimed").mkdir(parents=True)
+    (qdir / "workers.json").write_text(json.dumps({"pids": [], "concurrency": 1}))  # no worker left
+    store = Store(tmp_path)
+    assert local_queue_alive(store, "local:q1") is False
+    (qdir / RESTARTING).write_text("{}")
+    assert local_queue_alive(store, "local:q1") is True
+    old = time.time() - 120  # a cancel that died two minutes ago does not keep it alive
+    os.utime(qdir / RESTARTING, (old, old))
+    assert local_queue_alive(store, "local:q1") is False
