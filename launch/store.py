@@ -175,7 +175,7 @@ class Store:
         """Exclusive lock per spec, so two launches at once submit each run once."""
         path = self.meta / "locks" / f"{spec}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "a") as f:  # not "w": taking a lock writes nothing (its mtime stays)
             deadline = time.time() + timeout_s
             while True:
                 try:
