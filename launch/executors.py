@@ -28,7 +28,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.errors import UserError
-from launch.local_procs import RESTARTING, is_local_worker, parent_pid, pid_alive, signal_worker
+from launch.local_procs import RESTARTING, is_local_worker, leads_group, parent_pid, pid_alive, signal_worker
 from launch.runner import LocalWorker, RunUnit
 from launch.store import Store, read_json, write_json
 
@@ -328,28 +328,21 @@ def restart_local_workers(store: Store, qid: str, n: int) -> int:
         left = len(list((qdir / "todo").glob("*.json")))
         info = read_json(qdir / "workers.json") or {}
         old = [p for p in info.get("pids", []) if isinstance(p, int)]
-        first = info.get("concurrency") if isinstance(info.get("concurrency"), int) else len(old)
+        first = (info.get("concurrency") if isinstance(info.get("concurrency"), int) else len(old)) or n
         alive = sum(1 for p in old if is_local_worker(p))
-        n = min(n, left, max(0, (first or n) - alive))
+        n = min(n, left, max(0, first - alive))
         if n <= 0:
             return 0
         threads = info.get("threads") if isinstance(info.get("threads"), int) else \
-            max(1, (os.cpu_count() or 1) // max(1, first or n))
+            max(1, (os.cpu_count() or 1) // max(1, first))
         pids = _start_workers(store, qdir, n, threads)
-        write_json(qdir / "workers.json", {**info, "pids": old + pids, "concurrency": first or n})
+        write_json(qdir / "workers.json", {**info, "pids": old + pids, "concurrency": first})
     return n
 
 
 def restarted(store: Store, qid: str) -> None:
     """The end of a cancel's restart of a queue's workers (see cancel_local)."""
     (store.meta / "queue" / qid / RESTARTING).unlink(missing_ok=True)
-
-
-def _leads_group(pid: int) -> bool:
-    try:
-        return os.getpgid(pid) == pid
-    except OSError:
-        return False
 
 
 def queue_code_snapshot(store: Store, qid: str) -> str | None:
@@ -426,7 +419,7 @@ def cancel_local(store: Store, runs: dict[str, str], wait_s: float = 10.0) -> di
     for pid in live:
         stopped[queue_of[pid]] = stopped.get(queue_of[pid], 0) + 1
     controllers = {c for c in (parent_pid(pid) for pid in live) if c is not None and c > 1}
-    groups = [pid for pid in live if _leads_group(pid)]
+    groups = [pid for pid in live if leads_group(pid)]
     for pid in live:
         signal_worker(pid, signal.SIGINT)
     deadline = time.time() + wait_s

@@ -31,10 +31,18 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    fields = _stat_fields(pid)
+    return not fields or fields[0] != "Z"
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state first, then the parent's pid, ...;
+    field 3 of proc(5) is index 0 here); None when it cannot be read (gone, or no /proc)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()  # the name, in parentheses, may hold spaces
+    except (OSError, ValueError):
+        return None
 
 
 def local_queue_alive(store: Store, job_id: str) -> bool | None:
@@ -78,11 +86,9 @@ def local_queue_alive(store: Store, job_id: str) -> bool | None:
 
 def process_started_at(pid: int) -> float | None:
     """When a process of this machine started (epoch seconds, to the clock tick); None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: start time, in ticks after boot
-        boot = _boot_time()
-        return None if boot is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+    fields, boot = _stat_fields(pid), _boot_time()
+    try:  # field 22: the start time, in clock ticks after boot
+        return None if fields is None or boot is None else boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -98,10 +104,10 @@ def _boot_time() -> int | None:
 
 def parent_pid(pid: int) -> int | None:
     """The parent of a process of this machine (None when unknown: gone, or no /proc)."""
+    fields = _stat_fields(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (name) state "
-    except (OSError, ValueError, IndexError):
+        return None if fields is None else int(fields[1])
+    except (ValueError, IndexError):
         return None
 
 
@@ -109,12 +115,20 @@ def signal_worker(pid: int, sig: int) -> None:
     """Signal a local worker's task and the child running its unit: the task leads a process group of its
     own (LocalWorker calls setsid), which the child shares. A process that leads no group gets ``sig`` alone."""
     try:
-        if os.getpgid(pid) == pid:
+        if leads_group(pid):
             os.killpg(pid, sig)
-            return
-        os.kill(pid, sig)
+        else:
+            os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def leads_group(pid: int) -> bool:
+    """Whether ``pid`` leads its process group (a local worker's task does, see signal_worker)."""
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
 
 
 def is_local_worker(pid: int) -> bool:
