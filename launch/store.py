@@ -115,7 +115,7 @@ def run_path(root: Path | None, rel_dir: str) -> str:
 def may_have_files(rel_dir: str, tops: set[str] | None) -> bool:
     """Whether the run directory ``rel_dir`` can exist, given the root's names (``Store.top_dirs``)."""
     top = rel_dir.split("/", 1)[0]
-    return tops is None or top in tops or top in ("", ".", "..")
+    return tops is None or top.casefold() in tops or top in ("", ".", "..")
 
 
 # the type of each state.json field (None is always allowed); a field of another type makes the
@@ -315,8 +315,8 @@ class Store:
         """The names in the tree's root (None if it cannot be listed): a run whose first directory is not
         among them has no files, and is not looked for (a fresh launch of 10,000 runs opened 30,000
         missing files)."""
-        try:
-            return set(os.listdir(self.root))
+        try:  # case-folded: on macOS and Windows ``G0/`` is the directory a run names ``g0/``
+            return {name.casefold() for name in os.listdir(self.root)}
         except OSError:
             return None
 
